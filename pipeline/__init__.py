@@ -1,0 +1,13 @@
+"""escape-sweep: sweeps of a Monte Carlo model of SGD escaping a local minimum (import name `pipeline`)."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .landscape import find_pit
+from .task import simulate
+
+try:
+    __version__ = version("escape-sweep")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"
+
+__all__ = ["simulate", "find_pit", "__version__"]

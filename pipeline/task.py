@@ -1,0 +1,172 @@
+"""The one task function the runner calls, plus `simulate` and the per-cell stream keys.
+
+This is the seam between orchestration and physics: the runner hands `run_task` a `Task`
+(cells and walker range) and gets back small additive counts; it knows nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .kernels import DIVERGED, escape_steps
+from .landscape import check_positive, find_pit
+
+
+def canonical(value: float) -> str:
+    """Exact, platform-independent text of a coordinate value (float.hex; ints as ints)."""
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return float(value).hex()
+
+
+def cell_key(seed: int, T: float, batch_size: int, depth: float, width: float) -> np.uint64:
+    """64-bit stream key of a cell: blake2b of (seed, coordinate values). Grid-independent.
+
+    The step budget is not part of the key: every budget reads the same walkers.
+    """
+    text = "|".join(
+        ["escape-sweep-v1", str(int(seed)), canonical(float(T)), str(int(batch_size)),
+         canonical(float(depth)), canonical(float(width))]
+    )
+    return np.uint64(int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little"))
+
+
+def _check_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
+    if value < minimum:
+        raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
+    return int(value)
+
+
+def simulate(T, steps, batch_size, depth, width, walkers, seed, start=None) -> np.ndarray:
+    """Escape step of each walker of one cell: int64 array, -1 not escaped, -2 diverged.
+
+    Walker i's value depends only on (seed, T, batch_size, depth, width, i): the cube of a
+    sweep with the same seed holds exactly these walkers (read at each step budget).
+    `start` overrides the pit minimum as W_0.
+    """
+    T = check_positive("T", T)
+    depth = check_positive("depth", depth)
+    width = check_positive("width", width)
+    steps = _check_int("steps", steps)
+    batch_size = _check_int("batch_size", batch_size)
+    walkers = _check_int("walkers", walkers)
+    seed = _check_int("seed", seed, minimum=0)
+    pit = find_pit(depth, width)
+    if start is None:
+        w0 = pit.w_start
+    else:
+        try:
+            w0 = float(start)
+        except (TypeError, ValueError):
+            raise ValueError(f"start={start!r}: must be a finite number") from None
+        if not math.isfinite(w0):
+            raise ValueError(f"start={start!r}: must be a finite number")
+    key = cell_key(seed, T, batch_size, depth, width)
+    return escape_steps(T, steps, batch_size, depth, width, w0, pit.w_barrier, key, 0, walkers)
+
+
+def walker_steps(esc: np.ndarray, steps: int) -> int:
+    """Walker-steps actually simulated: sum of min(escape step, budget) (censored count the budget)."""
+    esc = np.asarray(esc)
+    return int(np.where(esc > 0, np.minimum(esc, steps), steps).sum())
+
+
+def histogram_edges(max_steps: int, budgets=(), per_decade: int = 32) -> np.ndarray:
+    """Integer bin edges for escape steps 1..max_steps: width-1 bins up to 16, then ~`per_decade`
+    log-spaced bins per decade; every budget is an edge (bins never straddle a budget).
+
+    Bin i holds escape steps in [edges[i], edges[i+1]); the last edge is max_steps + 1.
+    """
+    top = int(max_steps) + 1
+    n_dec = math.log10(top) if top > 1 else 0.0
+    logs = np.round(np.logspace(0, n_dec, max(2, int(math.ceil(n_dec * per_decade)) + 1))).astype(np.int64)
+    extra = [int(b) + 1 for b in budgets]
+    edges = np.unique(np.concatenate([np.arange(1, min(17, top + 1)), logs, extra, [top]]))
+    return edges[(edges >= 1) & (edges <= top)]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (T, batch_size, depth, width) point with its index in the task's chunk."""
+
+    index: tuple[int, int, int, int]
+    T: float
+    batch_size: int
+    depth: float
+    width: float
+    w_start: float
+    w_barrier: float
+
+
+@dataclass(frozen=True)
+class Task:
+    """A chunk (or one walker block of a one-cell chunk): cells, walker range, budgets, seed."""
+
+    chunk: tuple[int, int, int, int]
+    shape: tuple[int, int, int, int]
+    cells: tuple[Cell, ...]
+    walker_start: int
+    walker_count: int
+    budgets: tuple[int, ...]
+    edges: tuple[int, ...]
+    seed: int
+    block: int = 0
+    n_blocks: int = 1
+
+    @property
+    def cost(self) -> int:
+        """Upper bound of walker-steps: walkers x max budget x cells."""
+        return len(self.cells) * self.walker_count * max(self.budgets)
+
+
+def summarize(esc: np.ndarray, budgets, edges) -> dict:
+    """Additive statistics of one cell's walkers at each budget (sums over walker blocks add up).
+
+    n_escaped[s] = #(1 <= esc <= s); exposure[s] = sum min(esc, s) over non-diverged walkers;
+    hist[i] = #(edges[i] <= esc < edges[i+1]).
+    """
+    budgets = np.asarray(budgets, np.int64)
+    ok = esc != DIVERGED
+    escaped = np.sort(esc[esc > 0])
+    n_ok = int(ok.sum())
+    n_esc = np.searchsorted(escaped, budgets, side="right")
+    csum = np.concatenate([[0], np.cumsum(escaped)])
+    exposure = csum[n_esc] + (n_ok - n_esc) * budgets
+    hist = np.histogram(escaped, bins=np.asarray(edges))[0] if len(edges) > 1 else np.zeros(0, np.int64)
+    return dict(n_walkers=esc.size, n_diverged=esc.size - n_ok, n_escaped=n_esc.astype(np.int64),
+                exposure=exposure.astype(np.int64), hist=hist.astype(np.int64))
+
+
+def run_task(task: Task) -> dict:
+    """Simulate a task's cells and return their additive statistics as arrays over the chunk.
+
+    Keys: chunk, block, n_walkers/n_diverged (shape = chunk shape), n_escaped/exposure
+    (chunk shape + budgets), hist (chunk shape + bins), walker_steps (int).
+    """
+    shape = task.shape
+    nb, nh = len(task.budgets), len(task.edges) - 1
+    out = dict(
+        chunk=task.chunk, block=task.block,
+        n_walkers=np.zeros(shape, np.int64), n_diverged=np.zeros(shape, np.int64),
+        n_escaped=np.zeros(shape + (nb,), np.int64), exposure=np.zeros(shape + (nb,), np.int64),
+        hist=np.zeros(shape + (nh,), np.int64), walker_steps=0,
+    )
+    smax = max(task.budgets)
+    for c in task.cells:
+        key = cell_key(task.seed, c.T, c.batch_size, c.depth, c.width)
+        esc = escape_steps(c.T, smax, c.batch_size, c.depth, c.width, c.w_start, c.w_barrier,
+                           key, task.walker_start, task.walker_count)
+        s = summarize(esc, task.budgets, task.edges)
+        for name in ("n_walkers", "n_diverged", "n_escaped", "exposure", "hist"):
+            out[name][c.index] = s[name]
+        out["walker_steps"] += walker_steps(esc, smax)
+    return out
