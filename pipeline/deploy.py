@@ -1,52 +1,295 @@
 """Where a sweep's Dask workers come from: the embedded LocalCluster, an existing scheduler,
 or a deployment from the registry (`--cluster NAME`). Only this module creates clusters.
+
+Adding a deployment is one entry in `CLUSTERS`: a function `factory(opts) -> cluster`
+whose result is a context manager (every `distributed` cluster is) that tears the
+cluster down on exit, Ctrl-C included. `cluster_names()` feeds the CLI's choices.
+
+Security defaults: nothing created here listens beyond 127.0.0.1 unless a deployment
+needs it (dask-jobqueue's scheduler must be reachable from the compute nodes; its
+dashboard still binds 127.0.0.1). TLS end to end comes from `make_security`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import ssl
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+DEFAULT_DASHBOARD = f"{LOOPBACK}:8787"
+JOBQUEUE_ENV = "ESCAPE_SWEEP_JOBQUEUE"
 
 
 @dataclass(frozen=True)
 class ClusterOptions:
-    """How to get workers: scheduler address, or a registered cluster kind, and its settings."""
+    """How to get workers: scheduler address, or a registered cluster kind, and its settings.
+
+    scheduler        address of a running scheduler (tcp://host:8786, tls://host:8786); wins over `cluster`
+    cluster          a name from `cluster_names()` ("local", "slurm", "pbs")
+    n_workers        worker processes of the local cluster (default: one per core)
+    jobs             batch jobs for slurm/pbs (default 1); each job runs one worker
+    security         a `distributed.Security` (see `make_security`) or None
+    jobqueue_config  path of the dask-jobqueue yaml for slurm/pbs (default: $ESCAPE_SWEEP_JOBQUEUE,
+                     else cluster/<kind>/jobqueue.yaml if it exists, else dask config)
+    """
 
     scheduler: str | None = None
     cluster: str = "local"
     n_workers: int | None = None
     jobs: int | None = None
     security: object | None = None  # distributed.Security or None
+    jobqueue_config: str | None = None
 
 
-def local_cluster(opts: ClusterOptions):
-    """One worker process per core, one thread each; scheduler and dashboard on 127.0.0.1 only."""
-    from distributed import LocalCluster
+def _usage_error(message: str) -> Exception:
+    from .cli import UsageError
 
-    n = opts.n_workers or os.cpu_count() or 1
-    return LocalCluster(
-        n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-        dashboard_address="127.0.0.1:8787", scheduler_port=0, security=opts.security,
+    return UsageError(message)
+
+
+# --------------------------------------------------------------------------- security
+
+
+_TLS_CONFIG_KEYS = (
+    "distributed.comm.tls.ca-file",
+    "distributed.comm.tls.client.cert",
+    "distributed.comm.tls.scheduler.cert",
+    "distributed.comm.tls.worker.cert",
+)
+
+
+def make_security(tls_ca_file: str | None = None, tls_cert: str | None = None,
+                  tls_key: str | None = None):
+    """`distributed.Security` for TLS with client certificates, or None for plain TCP.
+
+    Given files: all three are required (Dask's TLS is mutual: every side, the client
+    included, presents a certificate signed by the CA); the one cert+key serves the client
+    and, for the embedded LocalCluster, its scheduler and workers too; encryption is
+    required. None given: a `Security()` from dask config when that names TLS material
+    (distributed.comm.tls.*) or requires encryption, else None.
+    A missing, unreadable or mismatched file raises UsageError naming the option and path.
+    """
+    from distributed import Security
+    import dask.config
+
+    given = {"--tls-ca-file": tls_ca_file, "--tls-cert": tls_cert, "--tls-key": tls_key}
+    if not any(given.values()):
+        if dask.config.get("distributed.comm.require-encryption", None) or any(
+            dask.config.get(k, None) for k in _TLS_CONFIG_KEYS
+        ):
+            return Security()
+        return None
+    missing = [opt for opt, v in given.items() if not v]
+    if missing:
+        raise _usage_error(
+            f"TLS needs all of --tls-ca-file, --tls-cert and --tls-key (missing {', '.join(missing)})"
+        )
+    for opt, value in given.items():
+        path = Path(os.path.expanduser(str(value)))
+        if not path.is_file():
+            raise _usage_error(f"{opt} {value}: no such file")
+        if not os.access(path, os.R_OK):
+            raise _usage_error(f"{opt} {value}: not readable")
+    ca, cert, key = (os.path.abspath(os.path.expanduser(str(v))) for v in given.values())
+    try:
+        ssl.create_default_context(cafile=ca)
+    except (ssl.SSLError, OSError, ValueError) as e:
+        raise _usage_error(f"--tls-ca-file {tls_ca_file}: not a PEM CA certificate ({e})") from None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as e:
+        raise _usage_error(
+            f"--tls-cert {tls_cert} / --tls-key {tls_key}: not a matching PEM certificate and key ({e})"
+        ) from None
+    return Security(
+        tls_ca_file=ca,
+        tls_client_cert=cert, tls_client_key=key,
+        tls_scheduler_cert=cert, tls_scheduler_key=key,
+        tls_worker_cert=cert, tls_worker_key=key,
+        require_encryption=True,
     )
 
 
-CLUSTERS = {"local": local_cluster}
+def uses_tls(security) -> bool:
+    """True when `security` asks for TLS (require_encryption, or any certificate set)."""
+    if security is None:
+        return False
+    return bool(
+        getattr(security, "require_encryption", False)
+        or getattr(security, "tls_ca_file", None)
+        or getattr(security, "tls_client_cert", None)
+        or getattr(security, "tls_scheduler_cert", None)
+    )
+
+
+# --------------------------------------------------------------------------- local
+
+
+def local_cluster(opts: ClusterOptions):
+    """One worker process per core, one thread each; scheduler, workers and dashboard on
+    127.0.0.1 only (workers have no dashboard); tls:// addresses when `opts.security` asks."""
+    from distributed import LocalCluster
+
+    n = opts.n_workers or os.cpu_count() or 1
+    protocol = "tls://" if uses_tls(opts.security) else "tcp://"
+    return LocalCluster(
+        n_workers=n, threads_per_worker=1, processes=True, host=LOOPBACK, protocol=protocol,
+        dashboard_address=DEFAULT_DASHBOARD, scheduler_port=0, security=opts.security,
+        worker_dashboard_address=None,
+    )
+
+
+# --------------------------------------------------------------------------- dask-jobqueue
+
+
+_JOBQUEUE_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
+
+
+def _repo_default(kind: str) -> Path:
+    return Path("cluster") / kind / "jobqueue.yaml"
+
+
+def jobqueue_config_path(kind: str, path: str | None = None) -> Path | None:
+    """The yaml that configures `kind`: `path`, else $ESCAPE_SWEEP_JOBQUEUE, else
+    cluster/<kind>/jobqueue.yaml (relative to the working directory) if it exists, else None
+    (dask config alone: ~/.config/dask/jobqueue.yaml, DASK_JOBQUEUE__SLURM__... variables)."""
+    for origin, value in (("--jobqueue-config", path), (JOBQUEUE_ENV, os.environ.get(JOBQUEUE_ENV))):
+        if value:
+            p = Path(os.path.expanduser(value))
+            if not p.is_file():
+                raise _usage_error(f"{origin} {value}: no such file")
+            return p
+    default = _repo_default(kind)
+    return default if default.is_file() else None
+
+
+def jobqueue_settings(kind: str, path: str | None = None) -> tuple[dict, Path | None]:
+    """The merged `jobqueue.<kind>` settings: dask config, overlaid by the yaml file's
+    `jobqueue.<kind>` section (a file may also hold the section's keys at top level)."""
+    import dask.config
+    import yaml
+
+    base = dict(dask.config.get(f"jobqueue.{kind}", {}) or {})
+    p = jobqueue_config_path(kind, path)
+    if p is None:
+        return base, None
+    try:
+        doc = yaml.safe_load(p.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise _usage_error(f"{p}: not readable YAML ({e})") from None
+    if not isinstance(doc, dict):
+        raise _usage_error(f"{p}: expected a mapping with a 'jobqueue: {kind}:' section")
+    if "jobqueue" in doc:
+        section = (doc.get("jobqueue") or {}).get(kind)
+        if not isinstance(section, dict):
+            raise _usage_error(f"{p}: no 'jobqueue: {kind}:' section")
+    else:
+        section = doc
+    return dask.config.merge(base, section), p
+
+
+def jobqueue_cluster(kind: str, opts: ClusterOptions, *, start_jobs: bool = True):
+    """A dask-jobqueue cluster of `kind` ("slurm"/"pbs") from `jobqueue_settings`.
+
+    The scheduler runs in this process (on the login node) and listens on the configured
+    `interface` so compute nodes reach it; its dashboard defaults to 127.0.0.1:8787
+    (tunnel it with ssh -L). With `start_jobs`, keeps `opts.jobs` jobs alive: workers that
+    retire before walltime (--lifetime) are replaced by fresh jobs (adaptive min = max).
+    """
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise _usage_error(
+            f"--cluster {kind} needs dask-jobqueue: pip install 'escape-sweep[{kind}]'"
+        ) from None
+    import dask.config
+
+    settings, _ = jobqueue_settings(kind, opts.jobqueue_config)
+    sched = dict(settings.get("scheduler-options") or {})
+    sched.setdefault("dashboard_address", DEFAULT_DASHBOARD)
+    settings["scheduler-options"] = sched
+    if settings.get("processes") is None:
+        settings["processes"] = 1  # one worker per job, `cores` threads (the kernel releases the GIL)
+    elif settings["processes"] > 1:
+        # SpecCluster matches lost workers to jobs by name; a multi-process job's workers are
+        # named <job>-0, <job>-1, so a job that ends is never replaced (dask-jobqueue#611).
+        print(f"escape-sweep: warning: jobqueue.{kind}.processes = {settings['processes']}: jobs that "
+              "reach walltime will not be replaced; use processes: 1", file=sys.stderr)
+    cls = getattr(dask_jobqueue, _JOBQUEUE_CLASSES[kind])
+    with dask.config.set({f"jobqueue.{kind}": settings}):
+        cluster = cls(security=opts.security)
+    if start_jobs:
+        jobs = opts.jobs or 1
+        try:
+            cluster.adapt(minimum_jobs=jobs, maximum_jobs=jobs)
+        except BaseException:
+            cluster.close()
+            raise
+    return cluster
+
+
+def slurm_cluster(opts: ClusterOptions):
+    """SLURM jobs via dask-jobqueue (cluster/slurm/jobqueue.yaml)."""
+    return jobqueue_cluster("slurm", opts)
+
+
+def pbs_cluster(opts: ClusterOptions):
+    """PBS/Torque jobs via dask-jobqueue (cluster/pbs/jobqueue.yaml)."""
+    return jobqueue_cluster("pbs", opts)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+CLUSTERS = {"local": local_cluster, "slurm": slurm_cluster, "pbs": pbs_cluster}
+
+
+def cluster_names() -> list[str]:
+    """Names accepted by `--cluster`, in registry order ("local" first)."""
+    return list(CLUSTERS)
+
+
+class ConnectError(RuntimeError):
+    """The scheduler could not be reached (a run-time failure: exit 1)."""
 
 
 @contextlib.contextmanager
 def open_client(opts: ClusterOptions):
-    """Yield a connected `distributed.Client`; clusters created here are closed on exit (Ctrl-C too)."""
+    """Yield a connected `distributed.Client`; clusters created here are closed on exit (Ctrl-C too).
+
+    Raises UsageError for an unknown cluster name or a tls:// scheduler without TLS
+    material, ConnectError when the scheduler cannot be reached (wrong address, or a
+    plain client against a TLS scheduler, or a certificate the scheduler rejects).
+    """
     from distributed import Client
 
     if opts.scheduler:
-        client = Client(opts.scheduler, security=opts.security, timeout="20s")
+        if opts.scheduler.startswith("tls://") and not uses_tls(opts.security):
+            raise _usage_error(
+                f"--scheduler {opts.scheduler}: a tls:// scheduler needs --tls-ca-file, --tls-cert and --tls-key"
+            )
+        try:
+            client = Client(opts.scheduler, security=opts.security, timeout="20s")
+        except (OSError, TimeoutError, ssl.SSLError) as e:
+            hint = "" if uses_tls(opts.security) else " (if the scheduler uses TLS, pass tls://... and --tls-*)"
+            raise ConnectError(
+                f"cannot connect to scheduler {opts.scheduler}: {type(e).__name__}: {e}{hint}"
+            ) from e
         try:
             yield client
         finally:
             client.close()
         return
-    factory = CLUSTERS[opts.cluster]
+    try:
+        factory = CLUSTERS[opts.cluster]
+    except KeyError:
+        raise _usage_error(
+            f"--cluster {opts.cluster}: unknown (choose from {', '.join(cluster_names())})"
+        ) from None
     with factory(opts) as cluster:
         with Client(cluster, security=opts.security) as client:
             yield client

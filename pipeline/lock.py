@@ -1,0 +1,310 @@
+"""A store lock, so that two `run`s on the same store refuse each other.
+
+    with StoreLock("results/x.zarr"):
+        ...  # compute and write
+
+creates `<store>/.escape-sweep.lock` atomically (O_CREAT|O_EXCL) holding JSON
+{pid, host, started, heartbeat, token, pid_started}; a daemon thread refreshes
+`heartbeat` every `interval` seconds. A lock is *stale*, and is taken over with a note on
+stderr, when its holder ran on this host and that process is gone (pid dead, or reused by
+a younger process), or when its heartbeat is older than `timeout` seconds (a holder on
+another host sharing the filesystem, or a hung one). A live holder raises `LockedError`.
+
+Clocks: the heartbeat age is this host's clock minus the holder's; hosts sharing a store
+should run NTP. Object-store URLs (s3://, gs://, ...) are not locked (no atomic create):
+`StoreLock` is a no-op there and says so once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+LOCK_NAME = ".escape-sweep.lock"
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_INTERVAL = 5.0
+_TAKEOVER_STALE_S = 30.0  # a takeover mutex older than this was left by a crashed taker
+
+
+class LockedError(RuntimeError):
+    """Another live run holds the store (a run-time refusal: exit 1)."""
+
+    def __init__(self, message: str, holder: dict | None = None):
+        super().__init__(message)
+        self.holder = holder or {}
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def _proc_start(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return False
+    try:  # a zombie (killed, not yet reaped) is dead for our purposes
+        import psutil
+
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except Exception:
+        return True
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+class StoreLock:
+    """Context manager holding `<store>/.escape-sweep.lock` for the duration of a run.
+
+    path      the store (a directory; created if missing)
+    timeout   seconds without heartbeat after which a holder is presumed dead (default 60)
+    interval  seconds between heartbeats (default 5; must be well under timeout)
+    """
+
+    def __init__(self, path, *, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL):
+        path = os.fspath(path)
+        self.remote = _is_remote(path)
+        if path.startswith("file://"):
+            path = path[len("file://"):]
+        self.store = Path(path)
+        self.path = self.store / LOCK_NAME
+        self.timeout = float(timeout)
+        self.interval = float(min(interval, max(timeout / 4, 0.05)))
+        self.token = uuid.uuid4().hex
+        self.lost = False
+        self._held = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._record: dict | None = None
+
+    # ---------------------------------------------------------------- reading and judging
+
+    def read(self) -> dict | None:
+        """The lock file's record, {} if unreadable/partial, None if absent."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return {}
+        try:
+            rec = json.loads(text)
+        except ValueError:
+            return {}
+        return rec if isinstance(rec, dict) else {}
+
+    def stale_reason(self, rec: dict | None, now: float | None = None) -> str | None:
+        """Why `rec` is stale, or None if its holder must be presumed alive."""
+        if rec is None:
+            return "absent"
+        now = time.time() if now is None else now
+        beat = rec.get("heartbeat")
+        if not isinstance(beat, (int, float)):
+            # unreadable or half-written: judge by the file's age instead
+            try:
+                beat = self.path.stat().st_mtime
+            except OSError:
+                return "absent"
+        if rec.get("host") == socket.gethostname() and isinstance(rec.get("pid"), int):
+            pid = rec["pid"]
+            if not _pid_alive(pid):
+                return f"pid {pid} is not running on this host"
+            started = rec.get("pid_started")
+            actual = _proc_start(pid)
+            if isinstance(started, (int, float)) and actual is not None and abs(actual - started) > 1.0:
+                return f"pid {pid} now belongs to another process"
+        age = now - beat
+        if age > self.timeout:
+            return f"no heartbeat for {age:.0f} s (timeout {self.timeout:.0f} s)"
+        return None
+
+    def _describe(self, rec: dict) -> str:
+        since = rec.get("started")
+        beat = rec.get("heartbeat")
+        parts = [f"pid {rec.get('pid', '?')} on host {rec.get('host', '?')}"]
+        if isinstance(since, (int, float)):
+            parts.append(f"since {_iso(since)}")
+        if isinstance(beat, (int, float)):
+            parts.append(f"last heartbeat {max(time.time() - beat, 0):.0f} s ago")
+        return ", ".join(parts)
+
+    # ---------------------------------------------------------------- writing
+
+    def _make_record(self) -> dict:
+        now = time.time()
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": now,
+            "started_iso": _iso(now),
+            "heartbeat": now,
+            "token": self.token,
+            "pid_started": _proc_start(os.getpid()),
+        }
+
+    def _create(self) -> bool:
+        """Create the lock file exclusively; False if it exists."""
+        rec = self._make_record()
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, json.dumps(rec).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._record = rec
+        return True
+
+    def _beat(self) -> None:
+        """Refresh the heartbeat if the lock is still ours; recreate it if it vanished."""
+        rec = self.read()
+        if rec is None:
+            # deleted under us (e.g. a store wiped by --overwrite): take it back
+            if not self._create():
+                self.lost = True
+            return
+        if rec.get("token") != self.token:
+            if rec:  # someone else's: we were judged dead
+                self.lost = True
+            return
+        rec["heartbeat"] = time.time()
+        tmp = self.path.with_name(f"{LOCK_NAME}.{self.token}.tmp")
+        tmp.write_text(json.dumps(rec))
+        os.replace(tmp, self.path)
+        self._record = rec
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._beat()
+            except OSError:
+                pass  # a transient filesystem hiccup; the next beat retries
+            if self.lost:
+                print(f"escape-sweep: warning: lost the store lock {self.path} to "
+                      f"{self._describe(self.read() or {})}", file=sys.stderr)
+                return
+
+    # ---------------------------------------------------------------- acquire / release
+
+    def _takeover(self, rec: dict, reason: str) -> bool:
+        """Replace a stale lock, serialised by a takeover mutex so two takers cannot both win."""
+        mutex = self.path.with_name(LOCK_NAME + ".takeover")
+        try:
+            fd = os.open(mutex, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                if time.time() - mutex.stat().st_mtime > _TAKEOVER_STALE_S:
+                    mutex.unlink()
+            except OSError:
+                pass
+            return False
+        os.close(fd)
+        try:
+            current = self.read()
+            if current is not None:
+                if current.get("token") != rec.get("token") or self.stale_reason(current) is None:
+                    return False  # changed under us: judge again
+                self.path.unlink()
+            if not self._create():
+                return False
+        finally:
+            try:
+                mutex.unlink()
+            except OSError:
+                pass
+        print(f"escape-sweep: note: took over the stale store lock {self.path} "
+              f"({self._describe(rec)}: {reason})", file=sys.stderr)
+        return True
+
+    def acquire(self) -> "StoreLock":
+        if self.remote:
+            print(f"escape-sweep: note: {self.store} is not a local path; "
+                  "concurrent runs on it are not locked out", file=sys.stderr)
+            return self
+        self.store.mkdir(parents=True, exist_ok=True)
+        for _ in range(50):
+            if self._create():
+                break
+            rec = self.read()
+            if rec is None:
+                continue  # released between our create and read
+            reason = self.stale_reason(rec)
+            if reason is None:
+                if not rec:  # being written right now, or garbage younger than timeout
+                    time.sleep(0.05)
+                    continue
+                raise LockedError(
+                    f"store {self.store} is in use by another escape-sweep run "
+                    f"({self._describe(rec)}); wait for it to finish, or stop it. "
+                    f"A holder that dies is taken over once its process is gone (same host) "
+                    f"or its heartbeat is {self.timeout:.0f} s old.",
+                    rec,
+                )
+            if self._takeover(rec, reason):
+                break
+            time.sleep(0.05)
+        else:
+            rec = self.read() or {}
+            raise LockedError(f"store {self.store}: could not take the lock ({self._describe(rec)})", rec)
+        self._held = True
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._heartbeat_loop, name="escape-sweep-lock", daemon=True)
+        self._thread.start()
+        return self
+
+    def check(self) -> None:
+        """Raise LockedError if the lock was lost (another run judged us dead and took over)."""
+        if self.lost:
+            rec = self.read() or {}
+            raise LockedError(f"store {self.store}: the lock was taken over by {self._describe(rec)}", rec)
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(self.interval, 1.0) + 5)
+            self._thread = None
+        rec = self.read()
+        if rec is not None and rec.get("token") == self.token:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+        try:
+            self.path.with_name(f"{LOCK_NAME}.{self.token}.tmp").unlink()
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> "StoreLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
