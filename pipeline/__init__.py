@@ -2,7 +2,9 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .cube import open_cube
 from .landscape import find_pit
+from .runner import run_sweep
 from .task import simulate
 
 try:
@@ -10,4 +12,4 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
-__all__ = ["simulate", "find_pit", "__version__"]
+__all__ = ["simulate", "find_pit", "open_cube", "run_sweep", "__version__"]
