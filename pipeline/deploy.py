@@ -147,6 +147,7 @@ def local_cluster(opts: ClusterOptions):
 
 
 _JOBQUEUE_CLASSES = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
+_JOBQUEUE_KWARG = {"name": "job_name"}  # config key -> keyword where they differ
 
 
 def _repo_default(kind: str) -> Path:
@@ -206,9 +207,8 @@ def jobqueue_cluster(kind: str, opts: ClusterOptions, *, start_jobs: bool = True
         raise _usage_error(
             f"--cluster {kind} needs dask-jobqueue: pip install 'escape-sweep[{kind}]'"
         ) from None
-    import dask.config
 
-    settings, _ = jobqueue_settings(kind, opts.jobqueue_config)
+    settings, source = jobqueue_settings(kind, opts.jobqueue_config)
     sched = dict(settings.get("scheduler-options") or {})
     sched.setdefault("dashboard_address", DEFAULT_DASHBOARD)
     settings["scheduler-options"] = sched
@@ -220,8 +220,14 @@ def jobqueue_cluster(kind: str, opts: ClusterOptions, *, start_jobs: bool = True
         print(f"escape-sweep: warning: jobqueue.{kind}.processes = {settings['processes']}: jobs that "
               "reach walltime will not be replaced; use processes: 1", file=sys.stderr)
     cls = getattr(dask_jobqueue, _JOBQUEUE_CLASSES[kind])
-    with dask.config.set({f"jobqueue.{kind}": settings}):
-        cluster = cls(security=opts.security)
+    # dask-jobqueue reads dask config lazily (job_script(), scale()), so pass the settings
+    # as keyword arguments rather than through a temporary dask.config.set
+    kwargs = {_JOBQUEUE_KWARG.get(k, k.replace("-", "_")): v for k, v in settings.items() if v is not None}
+    try:
+        cluster = cls(security=opts.security, **kwargs)
+    except (TypeError, ValueError) as e:
+        where = f" (from {source})" if source else ""
+        raise _usage_error(f"jobqueue.{kind} settings{where}: {' '.join(str(e).split())}") from None
     if start_jobs:
         jobs = opts.jobs or 1
         try:

@@ -1,14 +1,17 @@
 """A store lock, so that two `run`s on the same store refuse each other.
 
     with StoreLock("results/x.zarr"):
-        ...  # compute and write
+        ...  # create or check the store, compute, write
 
-creates `<store>/.escape-sweep.lock` atomically (O_CREAT|O_EXCL) holding JSON
-{pid, host, started, heartbeat, token, pid_started}; a daemon thread refreshes
-`heartbeat` every `interval` seconds. A lock is *stale*, and is taken over with a note on
-stderr, when its holder ran on this host and that process is gone (pid dead, or reused by
-a younger process), or when its heartbeat is older than `timeout` seconds (a holder on
-another host sharing the filesystem, or a hung one). A live holder raises `LockedError`.
+creates the lock file `lock_path(store)` -- `results/.x.zarr.escape-sweep.lock`, beside the
+store rather than inside it, because `cube.create` builds a new store beside the old one and
+renames it into place, which would carry a lock inside the store away -- atomically
+(O_CREAT|O_EXCL), holding JSON {pid, host, started, heartbeat, token, pid_started}. A
+daemon thread refreshes `heartbeat` every `interval` seconds (and recreates the file if
+something deleted it). A lock is *stale*, and is taken over with a note on stderr, when
+its holder ran on this host and that process is gone (pid dead, or reused by a younger
+process), or when its heartbeat is older than `timeout` seconds (a holder on another host
+sharing the filesystem, or a hung one). A live holder raises `LockedError`.
 
 Clocks: the heartbeat age is this host's clock minus the holder's; hosts sharing a store
 should run NTP. Object-store URLs (s3://, gs://, ...) are not locked (no atomic create):
@@ -27,7 +30,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-LOCK_NAME = ".escape-sweep.lock"
+LOCK_SUFFIX = ".escape-sweep.lock"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_INTERVAL = 5.0
 _TAKEOVER_STALE_S = 30.0  # a takeover mutex older than this was left by a crashed taker
@@ -77,10 +80,22 @@ def _is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+def lock_path(store) -> Path:
+    """The lock file of a local store: `<parent>/.<name>.escape-sweep.lock` (symlinks resolved)."""
+    store = os.fspath(store)
+    if store.startswith("file://"):
+        store = store[len("file://"):]
+    p = Path(store).expanduser()
+    p = p.parent.resolve() / p.name if p.name else p.resolve()
+    if p.is_symlink():
+        p = p.resolve()
+    return p.with_name(f".{p.name}{LOCK_SUFFIX}")
+
+
 class StoreLock:
     """Context manager holding `<store>/.escape-sweep.lock` for the duration of a run.
 
-    path      the store (a directory; created if missing)
+    path      the store (need not exist yet; its parent directory is created if missing)
     timeout   seconds without heartbeat after which a holder is presumed dead (default 60)
     interval  seconds between heartbeats (default 5; must be well under timeout)
     """
@@ -91,7 +106,7 @@ class StoreLock:
         if path.startswith("file://"):
             path = path[len("file://"):]
         self.store = Path(path)
-        self.path = self.store / LOCK_NAME
+        self.path = None if self.remote else lock_path(path)
         self.timeout = float(timeout)
         self.interval = float(min(interval, max(timeout / 4, 0.05)))
         self.token = uuid.uuid4().hex
@@ -194,7 +209,7 @@ class StoreLock:
                 self.lost = True
             return
         rec["heartbeat"] = time.time()
-        tmp = self.path.with_name(f"{LOCK_NAME}.{self.token}.tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{self.token}.tmp")
         tmp.write_text(json.dumps(rec))
         os.replace(tmp, self.path)
         self._record = rec
@@ -214,7 +229,7 @@ class StoreLock:
 
     def _takeover(self, rec: dict, reason: str) -> bool:
         """Replace a stale lock, serialised by a takeover mutex so two takers cannot both win."""
-        mutex = self.path.with_name(LOCK_NAME + ".takeover")
+        mutex = self.path.with_name(self.path.name + ".takeover")
         try:
             fd = os.open(mutex, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -247,7 +262,7 @@ class StoreLock:
             print(f"escape-sweep: note: {self.store} is not a local path; "
                   "concurrent runs on it are not locked out", file=sys.stderr)
             return self
-        self.store.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(50):
             if self._create():
                 break
@@ -299,7 +314,7 @@ class StoreLock:
             except FileNotFoundError:
                 pass
         try:
-            self.path.with_name(f"{LOCK_NAME}.{self.token}.tmp").unlink()
+            self.path.with_name(f"{self.path.name}.{self.token}.tmp").unlink()
         except FileNotFoundError:
             pass
 
