@@ -35,6 +35,7 @@ class ClusterOptions:
     security         a `distributed.Security` (see `make_security`) or None
     jobqueue_config  path of the dask-jobqueue yaml for slurm/pbs (default: $ESCAPE_SWEEP_JOBQUEUE,
                      else cluster/<kind>/jobqueue.yaml if it exists, else dask config)
+    connect_timeout  how long to keep trying to reach `scheduler` before ConnectError
     """
 
     scheduler: str | None = None
@@ -43,6 +44,11 @@ class ClusterOptions:
     jobs: int | None = None
     security: object | None = None  # distributed.Security or None
     jobqueue_config: str | None = None
+    connect_timeout: str = "20s"
+
+
+class DeployError(RuntimeError):
+    """Workers could not be had: a run-time failure (exit 1), reported as one line."""
 
 
 def _usage_error(message: str) -> Exception:
@@ -227,15 +233,42 @@ def jobqueue_cluster(kind: str, opts: ClusterOptions, *, start_jobs: bool = True
         cluster = cls(security=opts.security, **kwargs)
     except (TypeError, ValueError) as e:
         where = f" (from {source})" if source else ""
+        where = where or (f" (dask config only: no {JOBQUEUE_ENV} and no {_repo_default(kind)} "
+                          f"in {os.getcwd()})")
         raise _usage_error(f"jobqueue.{kind} settings{where}: {' '.join(str(e).split())}") from None
     if start_jobs:
         jobs = opts.jobs or 1
         try:
+            # submit the first jobs now, so that a failing sbatch/qsub (bad account, queue,
+            # memory) is an error here rather than an endless retry in the background
+            # (worker_spec + _correct_state rather than scale(), whose background call would
+            # swallow the submission error)
+            while len(cluster.worker_spec) < jobs:
+                cluster.worker_spec.update(cluster.new_worker_spec())
+            cluster.sync(cluster._correct_state)
+            # then keep `jobs` jobs alive: a job whose worker retired (--lifetime) is replaced
             cluster.adapt(minimum_jobs=jobs, maximum_jobs=jobs)
+        except Exception as e:
+            _close_after_failed_submit(cluster)
+            msg = " ".join(str(e).split())
+            raise DeployError(f"--cluster {kind}: submitting worker jobs failed: {msg}") from e
         except BaseException:
             cluster.close()
             raise
     return cluster
+
+
+def _close_after_failed_submit(cluster) -> None:
+    """Close a jobqueue cluster some of whose jobs never started (SpecCluster.close asserts
+    every job started): forget those, cancel the others."""
+    for name, job in list(cluster.workers.items()):
+        if getattr(getattr(job, "status", None), "name", "") != "running":
+            cluster.workers.pop(name, None)
+            cluster.worker_spec.pop(name, None)
+    try:
+        cluster.close()
+    except Exception:
+        pass
 
 
 def slurm_cluster(opts: ClusterOptions):
@@ -259,7 +292,7 @@ def cluster_names() -> list[str]:
     return list(CLUSTERS)
 
 
-class ConnectError(RuntimeError):
+class ConnectError(DeployError):
     """The scheduler could not be reached (a run-time failure: exit 1)."""
 
 
@@ -279,7 +312,7 @@ def open_client(opts: ClusterOptions):
                 f"--scheduler {opts.scheduler}: a tls:// scheduler needs --tls-ca-file, --tls-cert and --tls-key"
             )
         try:
-            client = Client(opts.scheduler, security=opts.security, timeout="20s")
+            client = Client(opts.scheduler, security=opts.security, timeout=opts.connect_timeout)
         except (OSError, TimeoutError, ssl.SSLError) as e:
             hint = "" if uses_tls(opts.security) else " (if the scheduler uses TLS, pass tls://... and --tls-*)"
             raise ConnectError(
