@@ -199,6 +199,27 @@ def jobqueue_settings(kind: str, path: str | None = None) -> tuple[dict, Path | 
     return dask.config.merge(base, section), p
 
 
+def _import_jobqueue(kind: str):
+    """Import dask_jobqueue, keeping this process's Ctrl-C handler: importing it replaces the
+    SIGINT handler with `sys.exit()` (dask_jobqueue/runner.py), which would make an
+    interrupted run exit 0 and skip the CLI's "interrupted" report."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise _usage_error(
+            f"--cluster {kind} needs dask-jobqueue: pip install 'escape-sweep[{kind}]'"
+        ) from None
+    finally:
+        if main and before is not None and signal.getsignal(signal.SIGINT) is not before:
+            signal.signal(signal.SIGINT, before)
+    return dask_jobqueue
+
+
 def jobqueue_cluster(kind: str, opts: ClusterOptions, *, start_jobs: bool = True):
     """A dask-jobqueue cluster of `kind` ("slurm"/"pbs") from `jobqueue_settings`.
 
@@ -207,12 +228,7 @@ def jobqueue_cluster(kind: str, opts: ClusterOptions, *, start_jobs: bool = True
     (tunnel it with ssh -L). With `start_jobs`, keeps `opts.jobs` jobs alive: workers that
     retire before walltime (--lifetime) are replaced by fresh jobs (adaptive min = max).
     """
-    try:
-        import dask_jobqueue
-    except ImportError:
-        raise _usage_error(
-            f"--cluster {kind} needs dask-jobqueue: pip install 'escape-sweep[{kind}]'"
-        ) from None
+    dask_jobqueue = _import_jobqueue(kind)
 
     settings, source = jobqueue_settings(kind, opts.jobqueue_config)
     sched = dict(settings.get("scheduler-options") or {})

@@ -12,12 +12,15 @@ import dask.config
 import pytest
 import yaml
 
-pytest.importorskip("dask_jobqueue")
+from conftest import assert_cubes_equal, write_spec
+from pipeline import deploy
+from pipeline.cli import UsageError, main
+from pipeline.deploy import ClusterOptions
 
-from conftest import assert_cubes_equal, write_spec  # noqa: E402
-from pipeline import deploy  # noqa: E402
-from pipeline.cli import UsageError, main  # noqa: E402
-from pipeline.deploy import ClusterOptions  # noqa: E402
+try:  # through deploy, which keeps pytest's Ctrl-C handler (dask_jobqueue replaces it on import)
+    deploy._import_jobqueue("slurm")
+except UsageError:
+    pytest.skip("dask-jobqueue is not installed", allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,6 +44,16 @@ def _local_copy(tmp_path, kind, **overrides):
 def _seconds(text):
     m = re.fullmatch(r"(\d+)([smh])", text)
     return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def test_importing_dask_jobqueue_keeps_the_ctrl_c_handler():
+    import subprocess
+
+    code = ("import signal, sys; sys.path.insert(0, %r); from pipeline import deploy; "
+            "h = signal.getsignal(signal.SIGINT); deploy._import_jobqueue('slurm'); "
+            "assert 'dask_jobqueue' in sys.modules and signal.getsignal(signal.SIGINT) is h" % str(ROOT))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.parametrize("kind", ["slurm", "pbs"])
@@ -231,3 +244,38 @@ def test_sweep_outlives_walltime_through_fake_slurm(tmp_path, fake_slurm, monkey
         ref = run_sweep(str(write_spec(tmp_path, name="ref", **kw)),
                         RunOptions(cluster=ClusterOptions(scheduler=lc.scheduler_address), progress=False))
     assert_cubes_equal(tmp_path / "s.zarr", ref.path)
+
+
+def test_ctrl_c_cancels_the_worker_jobs(tmp_path, fake_slurm):
+    import subprocess
+
+    f = write_spec(tmp_path, name="i", walkers=20000, T="{start = 0.006, stop = 0.009, num = 12}",
+                   steps="[100, 20000]", batch_size="[1]")
+    env = os.environ | {"PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT),
+                        deploy.JOBQUEUE_ENV: str(_fake_yaml(tmp_path))}
+    p = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(f), "--cluster", "slurm", "--jobs", "2",
+                          "--task-seconds", "0.5", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True, env=env)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and p.poll() is None:
+            logs = [q.read_text() for q in fake_slurm.glob("job-*.log")]
+            if len(logs) == 2 and all("Registered to" in text for text in logs):
+                break
+            time.sleep(0.1)
+        assert p.poll() is None, p.communicate()[1]
+        time.sleep(1.0)  # tasks running
+        os.kill(p.pid, signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=30)
+    assert p.returncode == 130, (out, err)
+    ids = {q.stem.split("-")[1] for q in fake_slurm.glob("job-*.sh")}
+    assert len(ids) == 2 and ids <= set((fake_slurm / "cancelled").read_text().split())
+    groups = {int(q.read_text()) for q in fake_slurm.glob("job-*.pid")}
+    deadline = time.time() + 10
+    while _live_members(groups) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _live_members(groups), "a worker job outlived Ctrl-C"

@@ -166,3 +166,47 @@ def test_object_store_urls_are_not_locked(tmp_path, capsys):
     with StoreLock("s3://bucket/x.zarr") as lk:
         lk.check()
     assert "not locked out" in capsys.readouterr().err
+
+
+def _runner_takes_the_lock():
+    import inspect
+
+    from pipeline import runner
+
+    return "StoreLock" in inspect.getsource(runner)
+
+
+@pytest.mark.skipif(not _runner_takes_the_lock(), reason="runner does not take the store lock yet")
+def test_two_runs_on_one_store_refuse_each_other_and_a_killed_run_is_taken_over(tmp_path, procs):
+    from conftest import write_spec
+    from pipeline import cube
+
+    f = write_spec(tmp_path, name="l", walkers=10000, T="{start = 0.006, stop = 0.009, num = 16}",
+                   steps="[100, 10000]", batch_size="[1]")
+    store = tmp_path / "l.zarr"
+    env = os.environ | {"PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "pipeline", "run", str(f), "--workers", "1", "--task-seconds", "0.2", "-q"]
+    a = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         env=env)
+    procs.append(a)
+    deadline = time.time() + 90
+    while time.time() < deadline and a.poll() is None:
+        try:
+            if cube.chunk_count(store)[0] >= 1:
+                break
+        except Exception:  # store being created
+            pass
+        time.sleep(0.05)
+    assert a.poll() is None, a.communicate()[1]
+    assert json.loads(lock_path(store).read_text())["pid"] == a.pid
+    b = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert b.returncode == 1, b.stderr
+    assert f"in use by another escape-sweep run (pid {a.pid} on host {socket.gethostname()}" in b.stderr
+    assert len(b.stderr.strip().splitlines()) == 1, b.stderr
+    os.killpg(a.pid, signal.SIGKILL)
+    a.wait(timeout=30)
+    c = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert c.returncode == 0, c.stderr
+    assert "took over the stale store lock" in c.stderr and f"pid {a.pid} is not running" in c.stderr
+    done, total = cube.chunk_count(store)
+    assert done == total and not lock_path(store).exists()
