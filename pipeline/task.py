@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -150,7 +151,7 @@ def run_task(task: Task) -> dict:
     """Simulate a task's cells and return their additive statistics as arrays over the chunk.
 
     Keys: chunk, block, n_walkers/n_diverged (shape = chunk shape), n_escaped/exposure
-    (chunk shape + budgets), hist (chunk shape + bins), walker_steps (int).
+    (chunk shape + budgets), hist (chunk shape + bins), walker_steps (int), kernel_seconds.
     """
     shape = task.shape
     nb, nh = len(task.budgets), len(task.edges) - 1
@@ -158,13 +159,15 @@ def run_task(task: Task) -> dict:
         chunk=task.chunk, block=task.block,
         n_walkers=np.zeros(shape, np.int64), n_diverged=np.zeros(shape, np.int64),
         n_escaped=np.zeros(shape + (nb,), np.int64), exposure=np.zeros(shape + (nb,), np.int64),
-        hist=np.zeros(shape + (nh,), np.int64), walker_steps=0,
+        hist=np.zeros(shape + (nh,), np.int64), walker_steps=0, kernel_seconds=0.0,
     )
     smax = max(task.budgets)
     for c in task.cells:
         key = cell_key(task.seed, c.T, c.batch_size, c.depth, c.width)
+        t0 = time.perf_counter()
         esc = escape_steps(c.T, smax, c.batch_size, c.depth, c.width, c.w_start, c.w_barrier,
                            key, task.walker_start, task.walker_count)
+        out["kernel_seconds"] += time.perf_counter() - t0
         s = summarize(esc, task.budgets, task.edges)
         for name in ("n_walkers", "n_diverged", "n_escaped", "exposure", "hist"):
             out[name][c.index] = s[name]
