@@ -55,6 +55,13 @@ def _run(args) -> int:
         print(f"\nescape-sweep: interrupted; finished chunks are kept in {path}: "
               f"`escape-sweep status {path}` shows them, the same `run` resumes", file=sys.stderr)
         return 130
+    except UsageError:
+        raise
+    except Exception as e:  # a failure at run time: one line, the store keeps what was finished
+        path = args.output or spec.output
+        print(f"escape-sweep: run failed: {type(e).__name__}: {e}; finished chunks are kept in {path} "
+              "and the same `run` resumes", file=sys.stderr)
+        return 1
     print(summary.line())
     return 0
 

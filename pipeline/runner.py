@@ -117,10 +117,15 @@ class _Progress:
             print(file=sys.stderr, flush=True)
 
 
+ADDITIVE = ("n_walkers", "n_diverged", "n_escaped", "exposure", "hist")
+
+
 def _sum_blocks(parts: list[dict]) -> dict:
-    out = {k: parts[0][k].copy() for k in ("n_walkers", "n_diverged", "n_escaped", "exposure", "hist")}
+    """Counts of a chunk from its walker blocks (they add); per-cell extras come from block 0."""
+    out = {k: v for k, v in parts[0].items() if k not in ADDITIVE}
+    out.update({k: parts[0][k].copy() for k in ADDITIVE})
     for p in parts[1:]:
-        for k in out:
+        for k in ADDITIVE:
             out[k] += p[k]
     return out
 
@@ -200,7 +205,7 @@ def _compute(spec, path, group, chunks, pending, pits, edges, opts, summary):
                 if all(p is not None for p in parts):
                     del blocks[res["chunk"]]
                     sl = partition.chunk_slices(spec, chunks, res["chunk"])
-                    cube.write_chunk(group, sl, _sum_blocks(parts), edges)
+                    cube.write_chunk(group, sl, _sum_blocks(parts), edges, spec.method)
                     cube.mark_done(group, res["chunk"])
                     summary.chunks_computed += 1
                 submit_next()

@@ -122,6 +122,7 @@ class Task:
     seed: int
     block: int = 0
     n_blocks: int = 1
+    method: str = "montecarlo"  # "montecarlo", "markov" (exact solver only) or "both"
 
     @property
     def cost(self) -> int:
@@ -152,6 +153,8 @@ def run_task(task: Task) -> dict:
 
     Keys: chunk, block, n_walkers/n_diverged (shape = chunk shape), n_escaped/exposure
     (chunk shape + budgets), hist (chunk shape + bins), walker_steps (int), kernel_seconds.
+    With method "markov" or "both", block 0 also carries the exact solver's mfpt and
+    mfpt_rel_error (chunk shape) and markov_p_escape (chunk shape + budgets).
     """
     shape = task.shape
     nb, nh = len(task.budgets), len(task.edges) - 1
@@ -162,14 +165,28 @@ def run_task(task: Task) -> dict:
         hist=np.zeros(shape + (nh,), np.int64), walker_steps=0, kernel_seconds=0.0,
     )
     smax = max(task.budgets)
-    for c in task.cells:
-        key = cell_key(task.seed, c.T, c.batch_size, c.depth, c.width)
+    if task.method in ("montecarlo", "both"):
+        for c in task.cells:
+            key = cell_key(task.seed, c.T, c.batch_size, c.depth, c.width)
+            t0 = time.perf_counter()
+            esc = escape_steps(c.T, smax, c.batch_size, c.depth, c.width, c.w_start, c.w_barrier,
+                               key, task.walker_start, task.walker_count)
+            out["kernel_seconds"] += time.perf_counter() - t0
+            s = summarize(esc, task.budgets, task.edges)
+            for name in ("n_walkers", "n_diverged", "n_escaped", "exposure", "hist"):
+                out[name][c.index] = s[name]
+            out["walker_steps"] += walker_steps(esc, smax)
+    if task.method in ("markov", "both") and task.block == 0:
+        from .markov import markov_cell
+
+        out["mfpt"] = np.zeros(shape)
+        out["mfpt_rel_error"] = np.zeros(shape)
+        out["markov_p_escape"] = np.zeros(shape + (nb,))
         t0 = time.perf_counter()
-        esc = escape_steps(c.T, smax, c.batch_size, c.depth, c.width, c.w_start, c.w_barrier,
-                           key, task.walker_start, task.walker_count)
+        for c in task.cells:
+            r = markov_cell(c.T, c.batch_size, c.depth, c.width, task.budgets, start=c.w_start)
+            out["mfpt"][c.index] = r.mfpt
+            out["mfpt_rel_error"][c.index] = r.mfpt_rel_error
+            out["markov_p_escape"][c.index] = r.p_escape
         out["kernel_seconds"] += time.perf_counter() - t0
-        s = summarize(esc, task.budgets, task.edges)
-        for name in ("n_walkers", "n_diverged", "n_escaped", "exposure", "hist"):
-            out[name][c.index] = s[name]
-        out["walker_steps"] += walker_steps(esc, smax)
     return out
