@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .fits import open_fits
 from .landscape import find_pit
 from .task import simulate
 
@@ -10,4 +11,4 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
-__all__ = ["simulate", "find_pit", "__version__"]
+__all__ = ["simulate", "find_pit", "open_fits", "__version__"]
