@@ -1,13 +1,205 @@
-"""The `escape-sweep` command line (argparse). Exit codes: 0 done, 2 bad input, 1 run-time failure."""
+"""The `escape-sweep` command line (argparse). Exit codes: 0 done, 2 bad input, 1 run-time failure.
+
+Bad input is one line on stderr (file, key, value, what is allowed) and exit 2 before any compute.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
 class UsageError(Exception):
     """Bad input: reported as one line on stderr with exit code 2, before any compute."""
+
+
+# ---------------------------------------------------------------- run / validate
+def _load(args):
+    from .spec import SpecError, load_spec
+
+    try:
+        return load_spec(args.spec, output=getattr(args, "output", None), yes=getattr(args, "yes", False))
+    except SpecError as e:
+        raise UsageError(str(e)) from None
+
+
+def _cluster_options(args):
+    from .deploy import ClusterOptions, make_security
+
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: must be >= 1")
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"--jobs {args.jobs}: must be >= 1")
+    if args.scheduler and args.cluster != "local":
+        raise UsageError(f"--scheduler {args.scheduler} and --cluster {args.cluster}: give one or the other")
+    security = make_security(args.tls_ca_file, args.tls_cert, args.tls_key)
+    return ClusterOptions(scheduler=args.scheduler, cluster=args.cluster, n_workers=args.workers,
+                          jobs=args.jobs, security=security)
+
+
+def _run(args) -> int:
+    from .runner import RunOptions, run_sweep
+
+    spec = _load(args)
+    if args.task_seconds <= 0:
+        raise UsageError(f"--task-seconds {args.task_seconds}: must be > 0")
+    if args.retries < 0:
+        raise UsageError(f"--retries {args.retries}: must be >= 0")
+    opts = RunOptions(cluster=_cluster_options(args), overwrite=args.overwrite, task_seconds=args.task_seconds,
+                      retries=args.retries, progress=not args.quiet, max_chunks=args.max_chunks)
+    try:
+        summary = run_sweep(spec, opts, output=args.output)
+    except KeyboardInterrupt:
+        path = args.output or spec.output
+        print(f"\nescape-sweep: interrupted; finished chunks are kept in {path}: "
+              f"`escape-sweep status {path}` shows them, the same `run` resumes", file=sys.stderr)
+        return 130
+    print(summary.line())
+    return 0
+
+
+def _validate(args) -> int:
+    from . import partition
+
+    spec = _load(args)
+    chunks = partition.chunk_shape(spec, args.task_seconds)
+    grid = partition.chunk_grid(spec, chunks)
+    n_chunks = 1
+    for g in grid:
+        n_chunks *= g
+    blocks = len(partition.walker_blocks(spec, chunks, args.task_seconds))
+    info = dict(spec=args.spec, name=spec.name, output=args.output or spec.output, method=spec.method,
+                axes={a: len(v) for a, v in spec.axes.items()}, cells=spec.n_cells, walkers_per_cell=spec.walkers,
+                chunk_shape=list(chunks), chunks=n_chunks, tasks=n_chunks * blocks,
+                walker_steps_upper_bound=spec.walker_steps_bound,
+                estimated_core_seconds_upper_bound=spec.walker_steps_bound / partition.KERNEL_RATE,
+                spec_hash=spec.content_hash)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            print(f"{k:>36}: {v}")
+    return 0
+
+
+# ---------------------------------------------------------------- status / query
+def _open(path):
+    from . import cube
+
+    if not cube.is_cube(path):
+        raise UsageError(f"{path}: not an escape-sweep cube (no such store, or not made by escape-sweep)")
+    return cube.open_cube(path)
+
+
+def _status(args) -> int:
+    from . import cube, partition
+
+    ds = _open(args.store)
+    g = cube.open_group(args.store, mode="r")
+    done = cube.done_mask(g)
+    chunks = tuple(ds.attrs["chunk_shape"])
+    total, n_done = done.size, int(done.sum())
+    missing = [tuple(int(i) for i in idx) for idx in zip(*(~done).nonzero())]
+    lines = [f"store: {args.store}", f"name: {ds.attrs.get('name')}  method: {ds.attrs.get('method')}  "
+             f"seed: {ds.attrs.get('seed')}  spec hash: {str(ds.attrs.get('spec_hash'))[:12]}",
+             f"created: {ds.attrs.get('created')}  completed: {ds.attrs.get('completed') or '-'}",
+             f"grid: " + ", ".join(f"{d}={ds.sizes[d]}" for d in ("T", "steps", "batch_size", "depth", "width")),
+             f"chunks: {n_done}/{total} done ({100.0 * n_done / total:.1f}%), chunk shape {list(chunks)} over "
+             f"{', '.join(cube.CELL_DIMS)}"]
+    cells_done = 0
+    for idx in zip(*done.nonzero()):
+        n = 1
+        for i, c, size in zip(idx, chunks, (ds.sizes[d] for d in cube.CELL_DIMS)):
+            n *= min(c, size - i * c)
+        cells_done += n
+    n_cells = 1
+    for d in cube.CELL_DIMS:
+        n_cells *= ds.sizes[d]
+    names = [v for v in ds.data_vars if set(cube.CELL_DIMS) <= set(ds[v].dims)]
+    lines.append(f"variables: {len(names)} ({', '.join(names)}), each {cells_done}/{n_cells} cells written "
+                 f"({100.0 * cells_done / n_cells:.1f}%)")
+    if missing:
+        show = missing[: args.max_missing]
+        lines.append(f"missing chunks ({len(missing)}):")
+        for idx in show:
+            sl = dict(zip(cube.CELL_DIMS, (slice(i * c, (i + 1) * c) for i, c in zip(idx, chunks))))
+            rng = ", ".join(f"{d}={_fmt_range(ds[d].values[s])}" for d, s in sl.items())
+            lines.append(f"  {list(idx)}: {rng}")
+        if len(missing) > len(show):
+            lines.append(f"  ... {len(missing) - len(show)} more")
+        lines.append("state: incomplete -- run the same spec again to resume")
+    else:
+        lines.append("state: complete")
+    print("\n".join(lines))
+    return 0
+
+
+def _fmt_range(vals) -> str:
+    vals = list(vals)
+    return f"{vals[0]:g}" if len(vals) == 1 else f"{vals[0]:g}..{vals[-1]:g}"
+
+
+def _parse_pairs(items, flag):
+    out = []
+    for it in items or []:
+        if "=" not in it:
+            raise UsageError(f"{flag} {it!r}: expected dim=value")
+        k, v = it.split("=", 1)
+        out.append((k.strip(), v.strip()))
+    return out
+
+
+def select(ds, sel_items=(), range_items=()):
+    """Apply --sel dim=value (nearest, within 1e-9 relative) and --range dim=lo:hi to a Dataset."""
+    for dim, raw in _parse_pairs(sel_items, "--sel"):
+        if dim not in ds.dims:
+            raise UsageError(f"--sel {dim}={raw}: unknown dimension; allowed: {', '.join(map(str, ds.dims))}")
+        coord = ds[dim].values
+        try:
+            val = float(raw)
+        except ValueError:
+            raise UsageError(f"--sel {dim}={raw}: not a number") from None
+        i = int(abs(coord - val).argmin())
+        if abs(coord[i] - val) > 1e-9 * max(1.0, abs(val)):
+            raise UsageError(f"--sel {dim}={raw}: no such value; {dim} has {', '.join(f'{c:g}' for c in coord)}")
+        ds = ds.isel({dim: i})
+    for dim, raw in _parse_pairs(range_items, "--range"):
+        if dim not in ds.dims:
+            raise UsageError(f"--range {dim}={raw}: unknown dimension; allowed: {', '.join(map(str, ds.dims))}")
+        try:
+            lo, hi = (float(x) if x else None for x in raw.split(":", 1))
+        except ValueError:
+            raise UsageError(f"--range {dim}={raw}: expected lo:hi (either may be empty)") from None
+        c = ds[dim]
+        mask = True
+        if lo is not None:
+            mask = mask & (c >= lo)
+        if hi is not None:
+            mask = mask & (c <= hi)
+        ds = ds.sel({dim: c[mask].values})
+    return ds
+
+
+def _query(args) -> int:
+    ds = _open(args.store)
+    names = args.var or ["p_escape", "log10_escape_time"]
+    for v in names:
+        if v not in ds.data_vars:
+            raise UsageError(f"--var {v}: no such variable; the cube has {', '.join(sorted(ds.data_vars))}")
+    sub = select(ds[names], args.sel, args.range).compute()
+    from .cube import DIMS5
+
+    df = sub.to_dataframe().reset_index()
+    cols = [d for d in DIMS5 if d in df.columns] + [c for c in df.columns if c not in DIMS5 and c in sub.dims]
+    df = df[cols + names]
+    if args.format == "csv":
+        df.to_csv(sys.stdout, index=False)
+    elif args.format == "json":
+        print(df.to_json(orient="records", indent=1))
+    else:
+        print(df.to_string(index=False))
+    return 0
 
 
 def _bench(args) -> int:
@@ -16,16 +208,78 @@ def _bench(args) -> int:
     return bench.main(args)
 
 
+# ---------------------------------------------------------------- parser
+def _add_run_options(r):
+    r.add_argument("spec", help="sweep spec (TOML)")
+    r.add_argument("--output", "-o", help="store path (default: the spec's [output] path)")
+    r.add_argument("--task-seconds", type=float, default=2.0, help="target kernel seconds per task (default 2)")
+    r.add_argument("--yes", action="store_true", help="accept a grid beyond the sanity limits")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="escape-sweep", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    from .deploy import cluster_names
+
+    p = argparse.ArgumentParser(prog="escape-sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run or resume a sweep into a Zarr cube")
+    _add_run_options(r)
+    r.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786, tls://...)")
+    r.add_argument("--cluster", default="local", choices=cluster_names(),
+                   help="where workers come from when no --scheduler is given (default: local)")
+    r.add_argument("--workers", type=int, help="local cluster: worker processes (default: one per core)")
+    r.add_argument("--jobs", type=int, help="batch clusters: number of jobs to scale to")
+    r.add_argument("--overwrite", action="store_true", help="replace a store made from a different spec")
+    r.add_argument("--retries", type=int, default=2, help="re-runs of a task that raised (default 2)")
+    r.add_argument("--tls-ca-file", help="CA certificate (PEM) for TLS to the scheduler")
+    r.add_argument("--tls-cert", help="client certificate (PEM)")
+    r.add_argument("--tls-key", help="client private key (PEM)")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    r.add_argument("--max-chunks", type=int, help=argparse.SUPPRESS)
+    r.set_defaults(func=_run)
+
+    v = sub.add_parser("validate", help="check a spec; print grid size, tasks and work, compute nothing")
+    _add_run_options(v)
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=_validate)
+
+    s = sub.add_parser("status", help="what a store holds: chunks done, missing, provenance")
+    s.add_argument("store")
+    s.add_argument("--max-missing", type=int, default=20, help="missing chunks to list (default 20)")
+    s.set_defaults(func=_status)
+
+    q = sub.add_parser("query", help="print variables of a cube as a table, CSV or JSON")
+    q.add_argument("store")
+    q.add_argument("--var", action="append", help="variable (repeatable; default p_escape, log10_escape_time)")
+    q.add_argument("--sel", action="append", metavar="DIM=VALUE", help="pick one value of a dimension (repeatable)")
+    q.add_argument("--range", action="append", metavar="DIM=LO:HI", help="keep lo <= dim <= hi (repeatable)")
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    q.set_defaults(func=_query)
 
     b = sub.add_parser("bench", help="kernel throughput (walker-steps/s) next to numpy and scalar numba")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64], help="batch sizes (default 1 8 64)")
     b.add_argument("--min-seconds", type=float, default=0.3, help="minimum time of one timed call")
     b.set_defaults(func=_bench)
+
+    for mod in _plugin_modules():
+        mod.add_parser(sub)
     return p
+
+
+def _plugin_modules():
+    """Modules that add their own subcommands (analysis): each has add_parser(subparsers)."""
+    import importlib
+
+    mods = []
+    for name in ("plots", "fits", "report"):
+        try:
+            mods.append(importlib.import_module(f"pipeline.{name}"))
+        except ModuleNotFoundError as e:
+            if e.name != f"pipeline.{name}":
+                raise
+    return [m for m in mods if hasattr(m, "add_parser")]
 
 
 def main(argv=None) -> int:

@@ -50,3 +50,28 @@ def open_client(opts: ClusterOptions):
     with factory(opts) as cluster:
         with Client(cluster, security=opts.security) as client:
             yield client
+
+
+def cluster_names() -> list[str]:
+    """The `--cluster` choices: the registry's keys."""
+    return sorted(CLUSTERS)
+
+
+def make_security(tls_ca_file=None, tls_cert=None, tls_key=None):
+    """distributed.Security for TLS when certificate files are given, else None (dask config applies)."""
+    if not (tls_ca_file or tls_cert or tls_key):
+        return None
+    from pathlib import Path
+
+    from distributed.security import Security
+
+    from .cli import UsageError
+
+    for flag, path in (("--tls-ca-file", tls_ca_file), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+        if not path:
+            raise UsageError(f"{flag} is missing: TLS needs --tls-ca-file, --tls-cert and --tls-key together")
+        if not Path(path).is_file():
+            raise UsageError(f"{flag} {path}: no such file")
+    return Security(tls_ca_file=tls_ca_file, tls_client_cert=tls_cert, tls_client_key=tls_key,
+                    tls_scheduler_cert=tls_cert, tls_scheduler_key=tls_key,
+                    tls_worker_cert=tls_cert, tls_worker_key=tls_key, require_encryption=True)

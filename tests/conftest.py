@@ -14,3 +14,89 @@ def prob_se(p1, n1, p2, n2):
 def escaped_within(esc, steps):
     esc = np.asarray(esc)
     return float(((esc > 0) & (esc <= steps)).mean())
+
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+SPEC = """\
+name = "{name}"
+seed = {seed}
+walkers = {walkers}
+[axes]
+T = {T}
+steps = {steps}
+batch_size = {batch_size}
+depth = {depth}
+width = {width}
+[output]
+path = "{path}"
+"""
+
+
+def write_spec(dirpath, name="t", seed=7, walkers=400, T="[0.012, 0.016, 0.02, 0.025]", steps="[100, 1000]",
+               batch_size="[1, 2]", depth="[1.0]", width="[0.1]", path=None) -> Path:
+    """Write a small spec into dirpath and return its path (store defaults to dirpath/<name>.zarr)."""
+    dirpath = Path(dirpath)
+    path = path or str(dirpath / f"{name}.zarr")
+    f = dirpath / f"{name}.toml"
+    f.write_text(SPEC.format(name=name, seed=seed, walkers=walkers, T=T, steps=steps, batch_size=batch_size,
+                             depth=depth, width=width, path=path))
+    return f
+
+
+def assert_cubes_equal(a, b):
+    """Every data variable and coordinate of two cubes equal (NaN == NaN); attrs (times) may differ."""
+    import xarray as xr
+
+    a = a if isinstance(a, xr.Dataset) else xr.open_zarr(str(a))
+    b = b if isinstance(b, xr.Dataset) else xr.open_zarr(str(b))
+    assert set(a.variables) == set(b.variables)
+    for v in a.variables:
+        x, y = a[v].values, b[v].values
+        assert x.dtype == y.dtype, v
+        assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), v
+
+
+@pytest.fixture
+def dask_processes(tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1; yields the address."""
+    bindir = Path(sys.executable).parent
+    sched_file = tmp_path / "scheduler.json"
+    procs = []
+    env = os.environ | {"PYTHONWARNINGS": "ignore"}
+    try:
+        procs.append(subprocess.Popen(
+            [str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
+             "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True))
+        deadline = time.time() + 60
+        while not sched_file.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        import json
+
+        time.sleep(0.2)
+        addr = json.loads(sched_file.read_text())["address"]
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [str(bindir / "dask"), "worker", addr, "--nthreads", "1", "--host", "127.0.0.1",
+                 "--no-dashboard", "--nworkers", "1"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True))
+        from distributed import Client
+
+        with Client(addr, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+        yield addr, procs
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=30)

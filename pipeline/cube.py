@@ -1,0 +1,259 @@
+"""The Zarr v3 layout of a sweep (DESIGN.md section 3): create, write a chunk, mark done, open.
+
+Data variables live on (T, steps, batch_size, depth, width); the escape-step histogram on
+(T, batch_size, depth, width, escape_step_bin); pit geometry on (depth, width). Completion
+records are the `progress/done` array (one element and one file per task chunk), written only
+after every variable of the chunk. Every chunk file is written atomically by zarr's LocalStore,
+so an interrupted run leaves whole chunks and a record of exactly which are complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import shutil
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+
+from . import stats
+from .landscape import MODEL_FORMULA
+from .spec import Spec
+
+CELL_DIMS = ("T", "batch_size", "depth", "width")
+DIMS5 = ("T", "steps", "batch_size", "depth", "width")
+HIST_DIMS = ("T", "batch_size", "depth", "width", "escape_step_bin")
+FORMAT = "escape-sweep-cube-1"
+
+# name -> (dtype, long_name, units, description)
+VARIABLES = {
+    "n_walkers": ("int64", "walkers", "1", "walkers simulated in the cell (the same walkers for every step budget)"),
+    "n_escaped": ("int64", "walkers escaped", "1", "walkers whose first step with W > barrier is <= the step budget"),
+    "n_diverged": ("int64", "walkers diverged", "1", "walkers whose W stopped being finite before escaping, within max(steps)"),
+    "exposure": ("int64", "exposure", "walker-steps", "total walker-steps observed: sum over walkers of min(escape step, budget)"),
+    "p_escape": ("float64", "escape probability", "1", "n_escaped / n_walkers: P(escape within the step budget)"),
+    "p_escape_low": ("float64", "escape probability, 95% lower bound", "1", "Wilson score interval, 95%"),
+    "p_escape_high": ("float64", "escape probability, 95% upper bound", "1", "Wilson score interval, 95%"),
+    "escape_rate": ("float64", "escape rate", "1/step", "censored exponential MLE n_escaped / exposure"),
+    "log10_escape_time": ("float64", "log10 mean escape time", "log10(steps)",
+                          "-log10(escape_rate): log10 of tau = exposure / n_escaped; NaN where nothing escaped"),
+    "log10_escape_time_low": ("float64", "log10 mean escape time, 95% lower bound", "log10(steps)",
+                              "from the exact chi-square upper bound on the rate; where nothing escaped, the one-sided 95% bound log10(exposure / 3.0)"),
+    "log10_escape_time_high": ("float64", "log10 mean escape time, 95% upper bound", "log10(steps)",
+                               "from the exact chi-square lower bound on the rate; +inf where nothing escaped"),
+    "median_escape_time": ("float64", "median escape time", "steps",
+                           "ceil(n/2)-th smallest escape step (Kaplan-Meier median with censoring at the budget), "
+                           "from escape_hist: exact below 17 steps, interpolated within a bin (<7.5% wide) above; "
+                           "NaN where fewer than half escaped within the budget"),
+}
+HIST = ("int64", "escape-step histogram", "walkers",
+        "walkers escaping at a step in [escape_step_lo, escape_step_hi), up to max(steps)")
+GEOMETRY = {
+    "w_start": ("pit minimum", "W", "l1's local minimum near W = 1: every walker starts here"),
+    "w_barrier": ("barrier", "W", "l1's local maximum right of the pit: escape is the first step with W > w_barrier"),
+}
+COORD_ATTRS = {
+    "T": ("learning rate", "1"), "steps": ("step budget", "steps"), "batch_size": ("batch size", "data points"),
+    "depth": ("pit depth", "loss"), "width": ("pit width", "W"),
+}
+
+
+class CubeError(Exception):
+    """A store that cannot be used for this spec (different spec, not a cube): one clear line."""
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("escape-sweep", "numpy", "numba", "dask", "distributed", "xarray", "zarr", "scipy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _edges(spec: Spec) -> np.ndarray:
+    from .task import histogram_edges
+
+    return histogram_edges(spec.max_steps, spec.steps)
+
+
+def is_cube(path) -> bool:
+    p = Path(path)
+    try:
+        meta = json.loads((p / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("attributes", {}).get("format") == FORMAT
+
+
+def read_attrs(path) -> dict:
+    return json.loads((Path(path) / "zarr.json").read_text()).get("attributes", {})
+
+
+def _skeleton(spec: Spec, chunks):
+    import dask.array as da
+    import xarray as xr
+
+    pits = spec.pits()
+    edges = _edges(spec)
+    coords = {a: np.asarray(v, dtype=np.int64 if a in ("steps", "batch_size") else np.float64) for a, v in spec.axes.items()}
+    coords["escape_step_bin"] = np.arange(len(edges) - 1, dtype=np.int64)
+    coords["escape_step_lo"] = ("escape_step_bin", edges[:-1].astype(np.int64))
+    coords["escape_step_hi"] = ("escape_step_bin", edges[1:].astype(np.int64))
+    ds = xr.Dataset(coords=coords)
+    for a, (ln, units) in COORD_ATTRS.items():
+        ds[a].attrs.update(long_name=ln, units=units)
+    ds["escape_step_bin"].attrs.update(long_name="escape-step bin index", units="1")
+    ds["escape_step_lo"].attrs.update(long_name="escape-step bin start (inclusive)", units="steps")
+    ds["escape_step_hi"].attrs.update(long_name="escape-step bin end (exclusive)", units="steps")
+    cT, cB, cD, cW = chunks
+    shape5 = (len(spec.T), len(spec.steps), len(spec.batch_size), len(spec.depth), len(spec.width))
+    ch5 = (cT, len(spec.steps), cB, cD, cW)
+    encoding = {}
+    for name, (dtype, ln, units, desc) in VARIABLES.items():
+        fill = 0 if dtype == "int64" else np.nan
+        ds[name] = (DIMS5, da.full(shape5, fill, dtype=dtype, chunks=ch5))
+        ds[name].attrs.update(long_name=ln, units=units, description=desc)
+        encoding[name] = {"chunks": ch5, "_FillValue": None if dtype == "int64" else np.nan}
+    nb = len(edges) - 1
+    shapeh = spec.cell_shape + (nb,)
+    chh = (cT, cB, cD, cW, nb)
+    ds["escape_hist"] = (HIST_DIMS, da.zeros(shapeh, dtype="int64", chunks=chh))
+    ds["escape_hist"].attrs.update(long_name=HIST[1], units=HIST[2], description=HIST[3])
+    encoding["escape_hist"] = {"chunks": chh, "_FillValue": None}
+    for name, (ln, units, desc) in GEOMETRY.items():
+        key = "w_start" if name == "w_start" else "w_barrier"
+        vals = np.array([[getattr(pits[(d, w)], key) for w in spec.width] for d in spec.depth])
+        ds[name] = (("depth", "width"), vals)
+        ds[name].attrs.update(long_name=ln, units=units, description=desc)
+    ds.attrs.update(
+        format=FORMAT, name=spec.name, spec=spec.source, spec_file=spec.file, spec_hash=spec.content_hash,
+        seed=spec.seed, walkers=spec.walkers, method=spec.method, model=MODEL_FORMULA,
+        versions=json.dumps(versions()), created=_now(), completed="",
+        chunk_shape=list(chunks), cell_dims=list(CELL_DIMS),
+        determinism="walker i of a cell depends only on (seed, T, batch_size, depth, width, i)",
+    )
+    return ds, encoding
+
+
+def create(path, spec: Spec, chunks) -> None:
+    """Write a new, empty cube at `path` atomically (built beside it, then renamed into place).
+
+    If `path` exists it is replaced only after the new one is complete (the caller decides
+    whether that is allowed), so a crash never leaves a half-overwritten store."""
+    import zarr
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.new-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds, encoding = _skeleton(spec, chunks)
+    ds.to_zarr(tmp, compute=False, zarr_format=3, consolidated=False, encoding=encoding, mode="w")
+    g = zarr.open_group(tmp, mode="r+", use_consolidated=False)
+    from .partition import chunk_grid
+
+    grid = chunk_grid(spec, chunks)
+    prog = g.require_group("progress")
+    prog.attrs.update(description="completion record per task chunk: done = 1 once every variable of the chunk is written",
+                      chunk_shape=list(chunks), cell_dims=list(CELL_DIMS))
+    prog.create_array("done", shape=grid, chunks=(1,) * 4, dtype="uint8", fill_value=0)
+    prog.create_array("finished_at", shape=grid, chunks=(1,) * 4, dtype="float64", fill_value=np.nan)
+    consolidate(tmp)
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def consolidate(path) -> None:
+    """Consolidate metadata so `xarray.open_zarr(path)` opens quietly (zarr warns that v3
+    consolidation is not yet in the spec; zarr-python and xarray both read it)."""
+    import zarr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(path))
+
+
+def open_group(path, mode="r+"):
+    import zarr
+
+    return zarr.open_group(str(path), mode=mode, use_consolidated=False)
+
+
+def derived(counts: dict, edges) -> dict:
+    """Cube variables of a chunk from its additive counts (arrays over the chunk's cells).
+
+    counts: n_walkers, n_diverged (cells); n_escaped, exposure (cells + budgets); hist (cells + bins).
+    Returns 5-D arrays ordered (T, steps, batch_size, depth, width) and the histogram."""
+    nb = counts["n_escaped"].shape[-1]
+    n = np.repeat(counts["n_walkers"][..., None], nb, axis=-1)
+    ndiv = np.repeat(counts["n_diverged"][..., None], nb, axis=-1)
+    k, e = counts["n_escaped"], counts["exposure"]
+    p, plo, phi = stats.wilson(k, n)
+    rate = stats.censored_rate(k, e)[0]
+    lt, ltlo, lthi = stats.log10_escape_time(k, e)
+    med = stats.grouped_median(counts["hist"], edges, counts["n_walkers"])
+    med = np.where(k >= (n + 1) // 2, med[..., None], np.nan)
+    out = dict(n_walkers=n, n_escaped=k, n_diverged=ndiv, exposure=e, p_escape=p, p_escape_low=plo,
+               p_escape_high=phi, escape_rate=rate, log10_escape_time=lt, log10_escape_time_low=ltlo,
+               log10_escape_time_high=lthi, median_escape_time=med)
+    out = {name: np.moveaxis(np.asarray(v, dtype=VARIABLES[name][0]), -1, 1) for name, v in out.items()}
+    out["escape_hist"] = np.asarray(counts["hist"], dtype=np.int64)
+    return out
+
+
+def write_chunk(group, slices, counts: dict, edges) -> None:
+    """Write every variable of one chunk (slices along T, batch_size, depth, width)."""
+    sT, sB, sD, sW = slices
+    for name, arr in derived(counts, edges).items():
+        if name == "escape_hist":
+            group[name][sT, sB, sD, sW, :] = arr
+        else:
+            group[name][sT, :, sB, sD, sW] = arr
+
+
+def mark_done(group, index) -> None:
+    """The chunk's completion record: written last, after all of its data."""
+    import time
+
+    group["progress/finished_at"][tuple(index)] = time.time()
+    group["progress/done"][tuple(index)] = 1
+
+
+def done_mask(group) -> np.ndarray:
+    """Boolean array over the chunk grid: which chunks are complete."""
+    return np.asarray(group["progress/done"][...]).astype(bool)
+
+
+def set_attrs(path, **attrs) -> None:
+    g = open_group(path)
+    g.attrs.update(attrs)
+    consolidate(path)
+
+
+def open_cube(path):
+    """The cube as a lazy `xarray.Dataset` (dask-backed; nothing is read until used)."""
+    import xarray as xr
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such store")
+    return xr.open_zarr(str(path), consolidated=None if (Path(path) / "zarr.json").exists() else False)
+
+
+def chunk_count(path) -> tuple[int, int]:
+    """(done, total) chunk counts of a store."""
+    m = done_mask(open_group(path, mode="r"))
+    return int(m.sum()), int(math.prod(m.shape))

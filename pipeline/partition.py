@@ -1,0 +1,81 @@
+"""The (T, batch_size, depth, width) cell grid -> chunk-aligned tasks of a few seconds each.
+
+Task size: the bound of a cell's work is walkers x max(steps) walker-steps (every walker
+censored; escaping walkers only make it cheaper). A chunk holds as many cells as fit in
+`task_seconds` at KERNEL_RATE walker-steps/s, filling T first, then batch_size, depth, width.
+A cell bigger than that is a chunk of its own, split into walker blocks whose additive counts
+the client sums. The steps axis is never split: every budget is read off one simulation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+
+from .kernels import LANES
+from .spec import Spec
+from .task import Cell, Task, histogram_edges
+
+KERNEL_RATE = 4e8  # walker-steps/s of one core (escape-sweep bench: ~5e8 at batch <= 64)
+DEFAULT_TASK_SECONDS = 2.0
+MIN_CHUNKS = 8  # even a small grid keeps a few workers busy
+
+
+def chunk_shape(spec: Spec, task_seconds: float = DEFAULT_TASK_SECONDS,
+                min_chunks: int = MIN_CHUNKS) -> tuple[int, int, int, int]:
+    """Cells per chunk along (T, batch_size, depth, width): about `task_seconds` of kernel work,
+    but small grids are still cut into about `min_chunks` chunks so every worker gets some."""
+    per_cell = spec.walkers * spec.max_steps
+    budget = max(1, int(task_seconds * KERNEL_RATE // per_cell))
+    budget = min(budget, max(1, math.ceil(spec.n_cells / min_chunks)))
+    shape = []
+    for n in spec.cell_shape:
+        take = max(1, min(n, budget))
+        shape.append(take)
+        budget = max(1, budget // take)
+    return tuple(shape)
+
+
+def walker_blocks(spec: Spec, chunk: tuple[int, int, int, int], task_seconds: float = DEFAULT_TASK_SECONDS) -> list[tuple[int, int]]:
+    """(start, count) walker ranges of one cell: one range unless a cell alone is over the task size.
+
+    Blocks are multiples of the kernel's lane count so no lanes are padded except in the last."""
+    if math.prod(chunk) > 1:
+        return [(0, spec.walkers)]
+    n = max(1, math.ceil(spec.walkers * spec.max_steps / (task_seconds * KERNEL_RATE)))
+    size = max(LANES, math.ceil(spec.walkers / n / LANES) * LANES)
+    return [(s, min(size, spec.walkers - s)) for s in range(0, spec.walkers, size)]
+
+
+def chunk_grid(spec: Spec, chunks: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """Number of chunks along each cell dim."""
+    return tuple(math.ceil(n / c) for n, c in zip(spec.cell_shape, chunks))
+
+
+def chunk_slices(spec: Spec, chunks, index) -> tuple[slice, slice, slice, slice]:
+    """Index slices of chunk `index` along (T, batch_size, depth, width)."""
+    return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunks, spec.cell_shape))
+
+
+def tasks_for_chunk(spec: Spec, chunks, index, pits, task_seconds=DEFAULT_TASK_SECONDS) -> list[Task]:
+    """The task(s) computing one chunk: one, or one per walker block for a one-cell chunk."""
+    sl = chunk_slices(spec, chunks, index)
+    cells = []
+    for iT, iB, iD, iW in itertools.product(*(range(s.start, s.stop) for s in sl)):
+        d, w = spec.depth[iD], spec.width[iW]
+        pit = pits[(d, w)]
+        cells.append(Cell(index=(iT - sl[0].start, iB - sl[1].start, iD - sl[2].start, iW - sl[3].start),
+                          T=spec.T[iT], batch_size=spec.batch_size[iB], depth=d, width=w,
+                          w_start=pit.w_start, w_barrier=pit.w_barrier))
+    shape = tuple(s.stop - s.start for s in sl)
+    edges = tuple(int(e) for e in histogram_edges(spec.max_steps, spec.steps))
+    blocks = walker_blocks(spec, chunks, task_seconds)
+    return [Task(chunk=tuple(index), shape=shape, cells=tuple(cells), walker_start=s, walker_count=c,
+                 budgets=spec.steps, edges=edges, seed=spec.seed, block=b, n_blocks=len(blocks))
+            for b, (s, c) in enumerate(blocks)]
+
+
+def iter_chunks(spec: Spec, chunks) -> Iterator[tuple[int, int, int, int]]:
+    """All chunk indices in C order."""
+    return itertools.product(*(range(n) for n in chunk_grid(spec, chunks)))

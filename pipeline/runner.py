@@ -1,0 +1,203 @@
+"""Dask orchestration: connect, submit only unfinished chunks, gather, write, resume, progress.
+
+Knows nothing of the physics: it submits `task.run_task` on `Task`s from `partition` and hands
+the additive counts that come back to `cube`. The client alone touches the store; workers get
+no path. At most `window` tasks are in the scheduler at once, so client memory and scheduler
+state stay bounded however large the grid.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import cube, partition
+from .deploy import ClusterOptions, open_client
+from .spec import Spec, load_spec
+from .task import run_task
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a sweep (none of it changes the numbers)."""
+
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    overwrite: bool = False
+    task_seconds: float = partition.DEFAULT_TASK_SECONDS
+    retries: int = 2
+    window: int | None = None  # tasks in flight; default 2 x worker threads + 2
+    progress: bool = True
+    max_chunks: int | None = None  # stop after this many chunks (tests of resume)
+
+
+@dataclass
+class Summary:
+    """What a run did: its numbers and where they are."""
+
+    path: str
+    cells: int
+    walkers: int
+    chunks_total: int
+    chunks_done_before: int
+    chunks_computed: int
+    tasks_submitted: int
+    walker_steps: int
+    wall_seconds: float
+    complete: bool
+    dashboard: str | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.walker_steps / self.wall_seconds if self.wall_seconds > 0 else float("nan")
+
+    def line(self) -> str:
+        return (f"{'done' if self.complete else 'stopped'}: {self.path}: {self.cells} cells, "
+                f"{self.walkers} walkers, {self.walker_steps:.4g} walker-steps in {self.wall_seconds:.1f} s "
+                f"({self.rate:.3g} walker-steps/s); chunks computed {self.chunks_computed}, "
+                f"already done {self.chunks_done_before}, total {self.chunks_total}; "
+                f"tasks submitted {self.tasks_submitted}")
+
+
+def prepare_store(spec: Spec, path: str, opts: RunOptions) -> tuple[int, int, int, int]:
+    """Create the store, or check that an existing one belongs to this spec. Returns chunk shape.
+
+    A store from another spec (or a non-cube directory) is refused unless overwrite is set."""
+    from .cli import UsageError
+
+    p = Path(path)
+    if p.exists():
+        if cube.is_cube(p):
+            attrs = cube.read_attrs(p)
+            if attrs.get("spec_hash") == spec.content_hash and not opts.overwrite:
+                return tuple(attrs["chunk_shape"])
+            if not opts.overwrite:
+                raise UsageError(
+                    f"{path}: store was made from a different spec (name {attrs.get('name')!r}, hash "
+                    f"{str(attrs.get('spec_hash'))[:12]} != {spec.content_hash[:12]}); use --overwrite to replace it "
+                    "or [output] path / --output to write elsewhere")
+        elif any(p.iterdir()) and not opts.overwrite:
+            raise UsageError(f"{path}: exists and is not an escape-sweep cube; use --overwrite to replace it")
+    chunks = partition.chunk_shape(spec, opts.task_seconds)
+    cube.create(p, spec, chunks)
+    return chunks
+
+
+class _Progress:
+    """One status line on stderr: chunks, walker-steps, rate, ETA."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled = total, enabled and total > 0
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+
+    def update(self, done: int, steps: int, force: bool = False):
+        now = time.perf_counter()
+        if not self.enabled or (not force and now - self.last < 0.5):
+            return
+        self.last = now
+        el = now - self.t0
+        rate = steps / el if el > 0 else 0.0
+        eta = el / done * (self.total - done) if done else float("nan")
+        bar = "#" * int(30 * done / self.total)
+        eta_s = f"{eta:.0f}s" if math.isfinite(eta) else "?"
+        print(f"\r[{bar:<30}] {done}/{self.total} chunks  {steps:.3g} walker-steps  {rate:.3g}/s  ETA {eta_s}   ",
+              end="", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.enabled:
+            print(file=sys.stderr, flush=True)
+
+
+def _sum_blocks(parts: list[dict]) -> dict:
+    out = {k: parts[0][k].copy() for k in ("n_walkers", "n_diverged", "n_escaped", "exposure", "hist")}
+    for p in parts[1:]:
+        for k in out:
+            out[k] += p[k]
+    return out
+
+
+def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output: str | None = None, yes: bool = False) -> Summary:
+    """Run (or resume) a sweep and return its Summary. The store is `output` or the spec's path."""
+    opts = opts or RunOptions()
+    spec = spec_or_path if isinstance(spec_or_path, Spec) else load_spec(spec_or_path, output=output, yes=yes)
+    path = output or spec.output
+    t0 = time.perf_counter()
+    chunks = prepare_store(spec, path, opts)
+    group = cube.open_group(path)
+    done = cube.done_mask(group)
+    pending = [tuple(int(i) for i in idx) for idx in zip(*np.nonzero(~done))]
+    done_before = int(done.sum())
+    if opts.max_chunks is not None:
+        pending = pending[: opts.max_chunks]
+    pits = spec.pits()
+    edges = np.asarray(cube._edges(spec))
+    summary = Summary(path=str(path), cells=spec.n_cells, walkers=spec.n_cells * spec.walkers,
+                      chunks_total=int(done.size), chunks_done_before=done_before, chunks_computed=0,
+                      tasks_submitted=0, walker_steps=0, wall_seconds=0.0, complete=False)
+    if pending:
+        _compute(spec, path, group, chunks, pending, pits, edges, opts, summary)
+    summary.complete = bool(cube.done_mask(group).all())
+    summary.wall_seconds = time.perf_counter() - t0
+    if summary.complete:
+        attrs = cube.read_attrs(path)
+        cube.set_attrs(path, completed=cube._now() if pending or not attrs.get("completed") else attrs["completed"])
+    return summary
+
+
+def _compute(spec, path, group, chunks, pending, pits, edges, opts, summary):
+    from distributed import as_completed
+
+    def tasks():
+        for idx in pending:
+            yield from partition.tasks_for_chunk(spec, chunks, idx, pits, opts.task_seconds)
+
+    todo = tasks()
+    progress = _Progress(len(pending), opts.progress)
+    with open_client(opts.cluster) as client:
+        summary.dashboard = client.dashboard_link
+        if opts.progress:
+            print(f"escape-sweep: {spec.name}: {len(pending)} chunks to compute "
+                  f"({summary.chunks_done_before} already done) on {client.scheduler.address}", file=sys.stderr)
+            print(f"escape-sweep: dashboard {client.dashboard_link}", file=sys.stderr, flush=True)
+        nthreads = sum(client.nthreads().values()) or 1
+        window = opts.window or 2 * nthreads + 2
+        tag = spec.content_hash[:10]
+        ac = as_completed()
+        blocks: dict[tuple, list] = {}
+
+        def submit_next() -> bool:
+            t = next(todo, None)
+            if t is None:
+                return False
+            key = f"escape-sweep-chunk-{tag}-{'.'.join(map(str, t.chunk))}-b{t.block}"
+            ac.add(client.submit(run_task, t, key=key, retries=opts.retries, pure=False))
+            summary.tasks_submitted += 1
+            blocks.setdefault(t.chunk, [None] * t.n_blocks)
+            return True
+
+        for _ in range(window):
+            if not submit_next():
+                break
+        try:
+            for fut in ac:
+                res = fut.result()
+                fut.release()
+                parts = blocks[res["chunk"]]
+                parts[res["block"]] = res
+                summary.walker_steps += res["walker_steps"]
+                if all(p is not None for p in parts):
+                    del blocks[res["chunk"]]
+                    sl = partition.chunk_slices(spec, chunks, res["chunk"])
+                    cube.write_chunk(group, sl, _sum_blocks(parts), edges)
+                    cube.mark_done(group, res["chunk"])
+                    summary.chunks_computed += 1
+                submit_next()
+                progress.update(summary.chunks_computed, summary.walker_steps)
+            progress.update(summary.chunks_computed, summary.walker_steps, force=True)
+        finally:
+            progress.close()
