@@ -33,13 +33,19 @@ SLICE_DIMS = ("steps", "batch_size", "depth", "width")
 REQUIRED_VARS = ("n_walkers", "n_escaped", "exposure")
 FITS_GROUP = "fits"
 
-# cell status codes (variable `cell_status`)
-BOUNDED, NO_ESCAPES, NOT_RUN, NO_EXPOSURE = 0, 1, 2, 3
+# cell status codes (variable `cell_status`); every code but BOUNDED keeps the cell out of the fits
+BOUNDED, NO_ESCAPES, NOT_RUN, NO_EXPOSURE, NON_EXPONENTIAL, OUTSIDE_T = 0, 1, 2, 3, 4, 5
 STATUS = {BOUNDED: "bounded", NO_ESCAPES: "no escapes (tau only bounded below)",
-          NOT_RUN: "not run (n_walkers = 0)", NO_EXPOSURE: "no exposure"}
+          NOT_RUN: "not run (n_walkers = 0)", NO_EXPOSURE: "no exposure",
+          NON_EXPONENTIAL: "left out: not memoryless (exponential_only)", OUTSIDE_T: "left out: outside t_range"}
+FLAG_MEANINGS = "bounded no_escapes not_run no_exposure non_exponential outside_t_range"
 
 
-class NotACube(ValueError):
+class BadInput(ValueError):
+    """Bad input to an analysis command: one line naming the thing, the value and what is allowed."""
+
+
+class NotACube(BadInput):
     """The path or dataset is not an escape-sweep cube (one line naming it and what is missing)."""
 
 
@@ -86,7 +92,7 @@ def _budget_sel(ds: xr.Dataset, budget) -> xr.Dataset:
     except (TypeError, ValueError):
         b = None
     if b is None or b not in allowed or float(budget) != b:
-        raise NotACube(f"--budget={budget}: not a step budget of this cube (allowed: {', '.join(map(str, allowed))})")
+        raise BadInput(f"--budget={budget}: not a step budget of this cube (allowed: {', '.join(map(str, allowed))})")
     return ds.sel(steps=[b])
 
 
@@ -124,9 +130,13 @@ def cell_estimates(ds: xr.Dataset, conf: float = 0.95) -> xr.Dataset:
         f"where nothing escaped: exposure / -ln(1 - {conf}) (one-sided {conf:.0%}); NaN elsewhere")
     out["cell_status"] = _attrs(xr.DataArray(status.astype(np.int8), coords, DIMS5), "cell status", "1",
                                 "; ".join(f"{k} = {v}" for k, v in STATUS.items()))
-    out["cell_status"].attrs.update(flag_values=list(STATUS), flag_meanings=" ".join(
-        ["bounded", "no_escapes", "not_run", "no_exposure"]))
+    out["cell_status"].attrs.update(flag_values=list(STATUS), flag_meanings=FLAG_MEANINGS)
     return out
+
+
+def _fitted(cells: xr.Dataset, name: str = "ln_tau") -> xr.DataArray:
+    """`name` where the cell enters the fits (status BOUNDED), NaN elsewhere."""
+    return cells[name].where(cells["cell_status"] == BOUNDED)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,8 +164,8 @@ def fit_temperature(ds: xr.Dataset, cells: xr.Dataset | None = None, conf: float
     """Per (steps, batch_size, depth, width) slice: ln tau = a + b / T (`arrhenius_*`) and
     ln tau = a + b T (`linear_*`), over the slice's bounded cells."""
     cells = cell_estimates(ds, conf) if cells is None else cells
-    y = cells["ln_tau"].transpose(*SLICE_DIMS, "T").values
-    sig = cells["ln_tau_sigma"].transpose(*SLICE_DIMS, "T").values
+    y = _fitted(cells).transpose(*SLICE_DIMS, "T").values
+    sig = _fitted(cells, "ln_tau_sigma").transpose(*SLICE_DIMS, "T").values
     T = ds["T"].values.astype(float)
     w = 1.0 / sig ** 2
     used = np.isfinite(y) & np.isfinite(w)
@@ -173,7 +183,7 @@ def fit_temperature(ds: xr.Dataset, cells: xr.Dataset | None = None, conf: float
     out["fit_T_min"] = _attrs(xr.DataArray(tmin, coords, SLICE_DIMS), "smallest T fitted", "1", "over bounded cells")
     out["fit_T_max"] = _attrs(xr.DataArray(tmax, coords, SLICE_DIMS), "largest T fitted", "1", "over bounded cells")
     out["fit_n_cells"] = _attrs(xr.DataArray(used.sum(-1).astype(np.int64), coords, SLICE_DIMS), "cells fitted", "1",
-                                "bounded cells of the slice (n_escaped > 0, exposure > 0)")
+                                "cells of the slice that entered the fit (cell_status = 0: n_escaped > 0, exposure > 0)")
     out["fit_n_unbounded"] = _attrs(xr.DataArray((status != BOUNDED).sum(-1).astype(np.int64), coords, SLICE_DIMS),
                                     "cells left out", "1", "cells of the slice without a two-sided tau (see cell_status)")
     return out
@@ -185,8 +195,8 @@ def fit_batch(ds: xr.Dataset, cells: xr.Dataset | None = None, conf: float = 0.9
         return None
     cells = cell_estimates(ds, conf) if cells is None else cells
     dims = ("steps", "T", "depth", "width")
-    y = cells["ln_tau"].transpose(*dims, "batch_size").values
-    sig = cells["ln_tau_sigma"].transpose(*dims, "batch_size").values
+    y = _fitted(cells).transpose(*dims, "batch_size").values
+    sig = _fitted(cells, "ln_tau_sigma").transpose(*dims, "batch_size").values
     B = ds["batch_size"].values.astype(float)
     coords = {k: ds[k] for k in dims}
     out = xr.Dataset(coords=coords)
@@ -210,8 +220,8 @@ def ratio_check(ds: xr.Dataset, cells: xr.Dataset | None = None, conf: float = 0
     if shared.size == 0:
         return None
     dims = ("steps", "depth", "width", "T_over_B")
-    y = cells["ln_tau"].transpose("steps", "depth", "width", "T", "batch_size").values
-    sig = cells["ln_tau_sigma"].transpose("steps", "depth", "width", "T", "batch_size").values
+    y = _fitted(cells).transpose("steps", "depth", "width", "T", "batch_size").values
+    sig = _fitted(cells, "ln_tau_sigma").transpose("steps", "depth", "width", "T", "batch_size").values
     shape = y.shape[:3] + (shared.size,)
     res = {k: np.full(shape, np.nan) for k in ("lo", "hi", "chi2", "p", "mean")}
     n_cells = np.zeros(shape, np.int64)
@@ -286,15 +296,31 @@ def memoryless_cells(ds: xr.Dataset) -> xr.Dataset | None:
     return out
 
 
-def fit_cube(ds: xr.Dataset, budget=None, conf: float = 0.95, memoryless: bool = True) -> xr.Dataset:
-    """All fits of a cube as one labelled Dataset (what `write_fits` stores in `fits/`)."""
+def fit_cube(ds: xr.Dataset, budget=None, conf: float = 0.95, memoryless: bool = True, *,
+             t_range: tuple[float, float] | None = None, exponential_only: bool = False) -> xr.Dataset:
+    """All fits of a cube as one labelled Dataset (what `write_fits` stores in `fits/`).
+
+    By default every cell with a two-sided tau enters the fits. `t_range=(lo, hi)` keeps only
+    lo <= T <= hi; `exponential_only` also leaves out cells whose escape is not memoryless
+    (`stats.memorylessness` verdict 1), where tau is not a rate. Cells left out keep their reason
+    in `cell_status`."""
     check_cube(ds)
     ds = _budget_sel(ds, budget)
     ds = ds.load() if hasattr(ds, "load") else ds
     cells = cell_estimates(ds, conf)
+    mem = memoryless_cells(ds) if (memoryless or exponential_only) else None
+    status = cells["cell_status"]
+    if t_range is not None:
+        lo, hi = (float(v) for v in t_range)
+        inside = (ds["T"] >= lo * (1 - 1e-9)) & (ds["T"] <= hi * (1 + 1e-9))
+        status = status.where(~((status == BOUNDED) & ~inside), OUTSIDE_T)
+    if exponential_only:
+        if mem is None:
+            raise BadInput("exponential_only: the cube has no escape_hist to test memorylessness with")
+        status = status.where(~((status == BOUNDED) & (mem["rate_summary"] == 1)), NON_EXPONENTIAL)
+    cells["cell_status"] = status.astype(np.int8).assign_attrs(cells["cell_status"].attrs)
     parts = [cells, fit_temperature(ds, cells, conf)]
-    for extra in (fit_batch(ds, cells, conf), ratio_check(ds, cells, conf),
-                  memoryless_cells(ds) if memoryless else None):
+    for extra in (fit_batch(ds, cells, conf), ratio_check(ds, cells, conf), mem):
         if extra is not None:
             parts.append(extra)
     out = xr.merge(parts, compat="override", join="outer", combine_attrs="drop")
@@ -302,7 +328,9 @@ def fit_cube(ds: xr.Dataset, budget=None, conf: float = 0.95, memoryless: bool =
         description="escape-sweep fits: ln tau = a + b/T (arrhenius_*), ln tau = a + b T (linear_*) per "
                     "(steps, batch_size, depth, width); ln tau = a + b B (batch_*) per (steps, T, depth, width); "
                     "T/B check (ratio_*); memorylessness per cell; cells without a two-sided tau in cell_status",
-        conf=conf, weights="1 / sigma^2, sigma = (ln tau_high - ln tau_low) / (2 z) from exact chi-square bounds",
+        conf=conf, t_range=list(t_range) if t_range is not None else "all",
+        cell_selection="memoryless cells with a two-sided tau" if exponential_only else "cells with a two-sided tau",
+        weights="1 / sigma^2, sigma = (ln tau_high - ln tau_low) / (2 z) from exact chi-square bounds",
         intervals="Student t with n - 2 dof, covariance scaled by the weighted residual variance",
         cube_name=str(ds.attrs.get("name", "")), cube_spec_hash=str(ds.attrs.get("spec_hash", "")),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -356,7 +384,8 @@ def _py(v):
 
 
 def unbounded_cells(fits: xr.Dataset) -> list[dict]:
-    """Every cell without a two-sided tau: coordinates, reason and (where nothing escaped) tau's lower bound."""
+    """Every cell left out of the fits (no two-sided tau, or deselected): coordinates, reason and
+    (where nothing escaped) tau's one-sided lower bound."""
     st = fits["cell_status"].transpose(*DIMS5).values
     lb = fits["tau_lower_bound"].transpose(*DIMS5).values
     rows = []
@@ -470,8 +499,12 @@ def compact_unbounded(rows: list[dict]) -> list[str]:
 def format_table(fits: xr.Dataset) -> str:
     """The fits as plain-text tables (what `escape-sweep fit` prints)."""
     conf = float(fits.attrs.get("conf", 0.95))
+    sel = str(fits.attrs.get("cell_selection", "cells with a two-sided tau"))
+    tr = fits.attrs.get("t_range", "all")
+    if not isinstance(tr, str):
+        sel += f", {_num(float(tr[0]))} <= T <= {_num(float(tr[1]))}"
     parts = [f"escape-sweep fits of {fits.attrs.get('cube_name', '') or 'cube'}  "
-             f"({conf:.0%} intervals; only cells with tau bounded on both sides, weighted 1/sigma^2 in ln tau)"]
+             f"({conf:.0%} intervals; {sel} only, weighted 1/sigma^2 in ln tau)"]
     for prefix, title, xname in (("arrhenius", "ln tau = a + b / T", "b"), ("linear", "ln tau = a + b T", "b")):
         rows = fit_records(fits, prefix)
         body = [[r["steps"], r["batch_size"], _num(r["depth"]), _num(r["width"]),
@@ -507,7 +540,7 @@ def format_table(fits: xr.Dataset) -> str:
         if ms.get("non-exponential"):
             parts.append("  non-exponential cells: quote median_escape_time there, not the rate (list: --format json)")
     unb = unbounded_cells(fits)
-    parts += ["", f"Cells without a two-sided tau (left out of every fit): {len(unb)}"]
+    parts += ["", f"Cells left out of every fit: {len(unb)}"]
     parts += ["  " + s for s in compact_unbounded(unb)]
     return "\n".join(parts)
 
@@ -526,17 +559,32 @@ def add_parser(subparsers) -> None:
     p.add_argument("cube", metavar="CUBE", help="path of a cube (a Zarr store made by `escape-sweep run`)")
     p.add_argument("--budget", type=int, default=None, metavar="N", help="fit only step budget N (default: every budget)")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
+    p.add_argument("--T-range", dest="t_range", metavar="LO:HI", help="fit only cells with LO <= T <= HI")
+    p.add_argument("--exponential-only", action="store_true",
+                   help="leave out cells whose escape is not memoryless (tau is not a rate there)")
     p.add_argument("--no-save", action="store_true", help="do not write CUBE/fits")
     p.set_defaults(func=handler)
+
+
+def parse_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise BadInput(f"--T-range {text}: expected LO:HI, two numbers (e.g. 0.01:0.02)") from None
+    if not lo <= hi:
+        raise BadInput(f"--T-range {text}: LO must not exceed HI")
+    return lo, hi
 
 
 def handler(args) -> int:
     from .cli import UsageError
 
     try:
+        t_range = parse_range(args.t_range) if getattr(args, "t_range", None) else None
         ds = load_cube(args.cube)
-        fits = fit_cube(ds, budget=args.budget)
-    except NotACube as e:
+        fits = fit_cube(ds, budget=args.budget, t_range=t_range,
+                        exponential_only=getattr(args, "exponential_only", False))
+    except BadInput as e:
         raise UsageError(str(e)) from None
     if not getattr(args, "no_save", False) and "://" not in str(args.cube):
         try:

@@ -13,6 +13,7 @@ or `escape-sweep plot CUBE --preset NAME -o fig.png` (names in `PRESETS`).
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ FIGSIZE = (7.0, 4.4)
 DPI = 120
 LOG_X_DIMS = ("steps", "escape_step_bin")
 LINEAR_Y = ("p_escape", "log10_escape_time", "ln_tau", "transient_fraction")
+LOG_Y = ("median_escape_time", "escape_rate", "exposure", "mfpt", "tail_rate")  # log y from a 10x span
 
 
 class PlotError(ValueError):
@@ -100,6 +102,25 @@ def apply_sel(ds: xr.Dataset, sel: dict | None) -> xr.Dataset:
     return ds
 
 
+AUTO_DIMS = ("T", "steps", "batch_size", "depth", "width")
+
+
+def default_value(ds, dim):
+    """The value a dim takes when a plot does not say: steps the largest budget, batch_size the
+    smallest, depth 1 and width 0.1 (the seed pit) where present, anything else its first value."""
+    vals = ds[dim].values
+    if dim == "steps":
+        return vals.max()
+    if dim == "batch_size":
+        return vals.min()
+    want = {"depth": 1.0, "width": 0.1}.get(dim)
+    if want is not None:
+        close = np.isclose(vals.astype(float), want)
+        if close.any():
+            return vals[close][0]
+    return vals[0]
+
+
 # ---------------------------------------------------------------------------------------------
 # Drawing
 # ---------------------------------------------------------------------------------------------
@@ -159,9 +180,12 @@ def _title(main, fixed: dict) -> str:
 
 def plot_cube(ds: xr.Dataset, x: str, y: str, hue: str | None = None, sel: dict | None = None, out=None, *,
               ax=None, title: str | None = None, logx: bool | None = None, logy: bool | None = None,
-              errorbars: bool = True) -> Figure:
+              errorbars: bool = True, auto_sel: bool = True, notes: list | None = None) -> Figure:
     """Plot variable `y` against its dim `x`, one line per `hue` value, after `sel` (nearest
     values within a tolerance). Every other dim of `y` must be down to one value (by `sel`).
+    With `auto_sel`, a cube dim left with several values is fixed at `default_value` (largest
+    budget, smallest batch size, the seed pit's depth 1 / width 0.1, else the first value) and a
+    line saying so is appended to `notes`; without it that is a PlotError.
     Error bars from `<y>_low`/`<y>_high` where present; cells with no value but a finite
     `<y>_low` (nothing escaped: a lower bound only) are drawn as upward triangles.
     Returns the Figure; writes it to `out` when given (type from the suffix, PNG by default)."""
@@ -175,6 +199,14 @@ def plot_cube(ds: xr.Dataset, x: str, y: str, hue: str | None = None, sel: dict 
         raise PlotError(f"--hue {hue}: not a dim of {y} other than --x (its dims: {', '.join(d for d in da.dims if d != x)})")
     rest = [d for d in da.dims if d not in (x, hue)]
     many = [d for d in rest if da.sizes[d] > 1]
+    if many and auto_sel:
+        extra = {d: default_value(ds, d) for d in many if d in AUTO_DIMS}
+        if extra:
+            ds = ds.sel({d: [v] for d, v in extra.items()})
+            if notes is not None:
+                notes.extend(f"{d} not chosen: using {d}={_fmt(v)} (pick with --sel {d}=VALUE)" for d, v in extra.items())
+            da = ds[y]
+            many = [d for d in rest if da.sizes[d] > 1]
     if many:
         what = "; ".join(f"{d} has {_describe(da[d])}" for d in many)
         raise PlotError(f"more than one value left on {', '.join(many)} ({what}): pick one with --sel DIM=VALUE, "
@@ -227,7 +259,7 @@ def plot_cube(ds: xr.Dataset, x: str, y: str, hue: str | None = None, sel: dict 
     if logy is None:
         finite = val[np.isfinite(val)]
         logy = (y not in LINEAR_Y and not y.startswith("log10_") and finite.size > 0 and np.all(finite >= 0)
-                and _positive_span(finite) >= 100)
+                and _positive_span(finite) >= (10 if y in LOG_Y else 100))
     if logx:
         ax.set_xscale("log")
     if logy:
@@ -443,8 +475,10 @@ def add_parser(subparsers) -> None:
     """Register `plot` with the cli's subparsers."""
     p = subparsers.add_parser(
         "plot", help="plot a cube variable against a dim (PNG), or one of the preset figures",
-        description="Plot --y against --x, one line per --hue value; every other dim must be narrowed to one "
-                    "value with --sel DIM=VALUE (nearest coordinate, within 1% for floats, exact for integers). "
+        description="Plot --y against --x, one line per --hue value. Fix other dims with --sel DIM=VALUE "
+                    "(nearest coordinate, within 1% for floats, exact for integers); a dim left open takes the "
+                    "largest step budget, the smallest batch size, depth 1 / width 0.1 (or its first value), "
+                    "said on stderr. "
                     "Presets: " + "; ".join(f"{k}: {v[1]}" for k, v in PRESETS.items()))
     p.add_argument("cube", metavar="CUBE", help="path of a cube (a Zarr store made by `escape-sweep run`)")
     p.add_argument("--x", help="dim on the horizontal axis (T, steps, batch_size, depth, width, escape_step_bin)")
@@ -465,11 +499,14 @@ def handler(args) -> int:
             raise PlotError("give --x and --y (or --preset NAME; presets: " + ", ".join(PRESETS) + ")")
         sel = parse_sel(args.sel)
         ds = _fits.load_cube(args.cube)
+        notes: list[str] = []
         if args.preset:
             preset(ds, args.preset, sel=sel, out=args.output)
         else:
-            plot_cube(ds, args.x, args.y, hue=args.hue, sel=sel, out=args.output)
-    except (PlotError, _fits.NotACube) as e:
+            plot_cube(ds, args.x, args.y, hue=args.hue, sel=sel, out=args.output, notes=notes)
+    except (PlotError, _fits.BadInput) as e:
         raise UsageError(str(e)) from None
+    for line in notes:
+        print(f"escape-sweep plot: {line}", file=sys.stderr)
     print(args.output)
     return 0

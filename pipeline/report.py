@@ -160,15 +160,33 @@ def _axes(ds: xr.Dataset) -> str:
     return _table(["axis", "values", ""], rows, left=(0, 2))
 
 
-def _fit_section(f: xr.Dataset) -> str:
+def _t_tables(f: xr.Dataset, suffix: str = "") -> list[str]:
     parts = []
     for prefix, title in (("arrhenius", "ln tau = a + b / T"), ("linear", "ln tau = a + b T")):
         rows = [[r["steps"], r["batch_size"], _n(r["depth"]), _n(r["width"]), _ci(r["slope"], r["slope_low"], r["slope_high"]),
                  _ci(r["intercept"], r["intercept_low"], r["intercept_high"]), _n(r["r2"]),
                  f"{_n(r['T_min'])} &ndash; {_n(r['T_max'])}", r["n_cells"], r["n_unbounded"]]
                 for r in _fits.fit_records(f, prefix)]
-        parts.append(f"<h3>{_e(title)}</h3>" + _table(
+        parts.append(f"<h3>{_e(title)}{suffix}</h3>" + _table(
             ["steps", "B", "depth", "width", "slope b", "intercept a", "R<sup>2</sup>", "T range", "cells", "left out"], rows))
+    return parts
+
+
+def _window_section(ds: xr.Dataset, budget) -> str:
+    """Fits on the post's window 0.01 <= T <= 0.02 over memoryless cells only."""
+    T = ds["T"].values
+    n_in = int(((T >= 0.01 - 1e-12) & (T <= 0.02 + 1e-12)).sum())
+    if "escape_hist" not in ds or n_in < 3:
+        return ""
+    f = _fits.fit_cube(ds, budget=budget, t_range=(0.01, 0.02), exponential_only=True)
+    return ("<h3>The post's window: 0.01 &le; T &le; 0.02, memoryless cells only</h3>"
+            "<p>The same fits over the cells in the seed post's range whose escape passes the memorylessness check "
+            "(where tau is a rate); compare R<sup>2</sup> of the two laws.</p>"
+            + "\n".join(_t_tables(f, " (window)")))
+
+
+def _fit_section(f: xr.Dataset) -> str:
+    parts = _t_tables(f)
     rows = _fits.fit_records(f, "batch")
     if rows:
         body = [[r["steps"], _n(r["T"]), _n(r["depth"]), _n(r["width"]), _ci(r["slope"], r["slope_low"], r["slope_high"]),
@@ -263,6 +281,7 @@ def render_report(ds: xr.Dataset, source=None, budget=None) -> tuple[str, list[s
 chi-square bounds; 95% intervals from Student's t with n &minus; 2 dof. Stored by <code>escape-sweep fit</code> in the
 cube's <code>fits/</code> group.</p>
 {_fit_section(f)}
+{_window_section(ds, budget)}
 <h2 id=memory>Memorylessness</h2>
 {_memoryless_section(f, ds)}
 <h2 id=unbounded>Cells without a bounded escape time</h2>
@@ -309,7 +328,7 @@ def handler(args) -> int:
     try:
         ds = _fits.load_cube(args.cube)
         titles = write_report(ds, args.output, source=args.cube, budget=args.budget)
-    except (plots.PlotError, _fits.NotACube) as e:
+    except (plots.PlotError, _fits.BadInput) as e:
         raise UsageError(str(e)) from None
     print(f"{args.output} ({len(titles)} figures)")
     return 0

@@ -111,6 +111,24 @@ def test_memorylessness_in_fits():
     assert 15 <= float(slow["transient"].item()) <= 25
 
 
+def test_exponential_only_and_t_range_leave_cells_out_with_reasons():
+    # T = 0.012, 0.016: memoryless; T = 0.02 with a 20-step delay and tau ~ 40: not memoryless
+    law = lambda t, b, d, w: np.log(40.0) if t > 0.019 else A + B_ / t  # noqa: E731
+    ds = synthetic_cube([0.012, 0.016, 0.02], steps=[1000], walkers=4000, seed=3, ln_tau=law)
+    ds2 = synthetic_cube([0.02], steps=[1000], walkers=4000, seed=3, delay=20, ln_tau=law)
+    for v in ("n_escaped", "exposure", "n_walkers", "n_diverged", "escape_hist"):
+        ds[v].loc[{"T": 0.02}] = ds2[v].sel(T=0.02)
+    every = fits.fit_cube(ds)
+    assert int(every["fit_n_cells"].item()) == 3
+    only = fits.fit_cube(ds, exponential_only=True)
+    assert int(only["fit_n_cells"].item()) == 2
+    assert int(only["cell_status"].sel(T=0.02).item()) == fits.NON_EXPONENTIAL
+    assert [r["T"] for r in fits.unbounded_cells(only)] == [0.02]
+    win = fits.fit_cube(ds, t_range=(0.011, 0.017))
+    assert int(win["fit_n_cells"].item()) == 2 and win.attrs["t_range"] == [0.011, 0.017]
+    assert int(win["cell_status"].sel(T=0.02).item()) == fits.OUTSIDE_T
+
+
 def test_write_and_open_fits_roundtrip(tmp_path):
     ds = synthetic_cube([0.01, 0.012, 0.014, 0.016], steps=[100, 1000], batch_size=[1, 2], walkers=800, seed=5)
     path = write_cube(ds, tmp_path / "c.zarr")
@@ -142,7 +160,7 @@ def test_fit_command(tmp_path, capsys):
     path = write_cube(ds, tmp_path / "c.zarr")
     assert _run(["fit", path]) == 0
     out = capsys.readouterr().out
-    assert "ln tau = a + b / T" in out and "Cells without a two-sided tau" in out
+    assert "ln tau = a + b / T" in out and "Cells left out of every fit" in out
     assert (tmp_path / "c.zarr" / "fits" / "zarr.json").exists()
     assert _run(["fit", path, "--budget", "1000", "--format", "json", "--no-save"]) == 0
     j = json.loads(capsys.readouterr().out)
@@ -150,6 +168,11 @@ def test_fit_command(tmp_path, capsys):
     assert j["arrhenius"][0]["n_cells"] == 4 and j["unbounded"][0]["T"] == 0.004
     with pytest.raises(UsageError, match="--budget=500: not a step budget.*100, 1000"):
         _run(["fit", path, "--budget", "500"])
+    assert _run(["fit", path, "--T-range", "0.01:0.014", "--no-save"]) == 0
+    text = capsys.readouterr().out
+    assert "0.01 <= T <= 0.014" in text and "left out: outside t_range at T = 0.016" in text
+    with pytest.raises(UsageError, match="--T-range 0.02: expected LO:HI"):
+        _run(["fit", path, "--T-range", "0.02"])
     with pytest.raises(UsageError, match="no such file"):
         _run(["fit", str(tmp_path / "missing.zarr")])
     (tmp_path / "empty").mkdir()

@@ -101,7 +101,6 @@ def test_plot_command(store, tmp_path, capsys):
         "unknown dim 'temperature'": ["--x", "T", "--y", "p_escape", "--sel", "temperature=0.01"],
         r"--sel T=0.0137: no T value within 1% \(nearest 0.013": ["--x", "steps", "--y", "p_escape", "--sel", "T=0.0137"],
         "--sel batch_size=3: no batch_size value exact": ["--x", "T", "--y", "p_escape", "--sel", "batch_size=3"],
-        "more than one value left on steps": ["--x", "T", "--y", "p_escape", "--sel", "batch_size=1"],
         "--x escape_step_bin: not a dim of p_escape": ["--x", "escape_step_bin", "--y", "p_escape"],
         "give --x and --y": ["--x", "T"],
         "not a number": ["--x", "T", "--y", "p_escape", "--sel", "T=abc"],
@@ -111,6 +110,12 @@ def test_plot_command(store, tmp_path, capsys):
         argv = ["plot", store] + extra + ([] if "-o" in extra else ["-o", out])
         with pytest.raises(UsageError, match=msg):
             _plot(argv)
+    # dims left open take defaults, said on stderr (the DESIGN example: no steps given)
+    capsys.readouterr()
+    assert _plot(["plot", store, "--x", "T", "--y", "log10_escape_time", "--hue", "batch_size", "-o", out]) == 0
+    assert "using steps=1000" in capsys.readouterr().err
+    with pytest.raises(plots.PlotError, match="more than one value left on steps"):
+        plots.plot_cube(fits.load_cube(store), "T", "p_escape", sel={"batch_size": 1}, auto_sel=False)
     with pytest.raises(UsageError, match="not a Zarr store"):
         _plot(["plot", str(tmp_path), "--x", "T", "--y", "p_escape", "-o", out])
 
@@ -159,3 +164,49 @@ def test_report(store, tmp_path, capsys):
     with pytest.raises(UsageError, match="does not exist"):
         args = p.parse_args(["report", store, "-o", str(tmp_path / "nodir" / "r.html")])
         args.func(args)
+
+
+def test_on_a_real_cube_from_the_runner(tmp_path, capsys):
+    """The lead's writer end to end (in-process Dask): survival from escape_hist matches the counts,
+    and fit / plot / report run on the real layout (progress group, consolidated metadata)."""
+    from distributed import LocalCluster
+
+    from conftest import write_spec
+    from pipeline import open_cube, run_sweep
+    from pipeline.deploy import ClusterOptions
+    from pipeline.runner import RunOptions
+    from pipeline import stats
+
+    spec = write_spec(tmp_path, name="real", walkers=600, T="[0.012, 0.016, 0.02, 0.03]", steps="[20, 100, 1000]",
+                      batch_size="[1, 2]")
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as c:
+        s = run_sweep(str(spec), RunOptions(cluster=ClusterOptions(scheduler=c.scheduler_address), progress=False))
+    path = s.path
+    ds = open_cube(path).load()
+    edges = np.append(ds["escape_step_lo"].values, ds["escape_step_hi"].values[-1])
+    hist = ds["escape_hist"].transpose("T", "batch_size", "depth", "width", "escape_step_bin").values
+    for b in ds["steps"].values:
+        n = ds["n_walkers"].sel(steps=b).transpose("T", "batch_size", "depth", "width").values
+        k = ds["n_escaped"].sel(steps=b).transpose("T", "batch_size", "depth", "width").values
+        sv = stats.survival_from_hist(hist, edges, n, budget=int(b))
+        np.testing.assert_allclose(sv.survival[..., -1], 1 - k / n, atol=1e-12)
+    # censored-rate columns of the writer agree with escape_time
+    tau = stats.escape_time(ds["n_escaped"].values, ds["exposure"].values)[0]
+    np.testing.assert_allclose(np.log10(tau), ds["log10_escape_time"].values, equal_nan=True)
+
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers()
+    for mod in (fits, plots, report):
+        mod.add_parser(sub)
+    for argv in (["fit", path], ["fit", path, "--T-range", "0.01:0.02", "--exponential-only", "--no-save"],
+                 ["plot", path, "--preset", "p_escape", "-o", str(tmp_path / "p.png")],
+                 ["plot", path, "--x", "T", "--y", "log10_escape_time", "--hue", "batch_size", "-o", str(tmp_path / "t.png")],
+                 ["report", path, "-o", str(tmp_path / "r.html")]):
+        args = p.parse_args(argv)
+        assert args.func(args) == 0, argv
+    _check_png(tmp_path / "p.png")
+    assert "ln tau = a + b / T" in capsys.readouterr().out
+    f = fits.open_fits(path)
+    assert int(f["fit_n_cells"].sel(steps=1000, batch_size=1).values.item()) >= 3
+    again = open_cube(path)  # the cube still opens as before, with the fits group beside it
+    assert set(again.data_vars) == set(ds.data_vars)
