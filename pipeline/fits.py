@@ -5,6 +5,11 @@ Only cells whose tau = exposure / n_escaped is bounded on both sides (n_escaped 
 enter a fit, weighted by the inverse square of their chi-square interval width in log space.
 Every other cell is listed with its reason (not run, nothing escaped), never silently dropped.
 
+Intervals are Student-t with n - 2 dof on the residual-scaled covariance. ln(E/D) is biased up by
+about 1/(2D) when a cell has few escapes D, and its weight grows with D; on synthetic cubes the
+95% intervals of a and b cover the truth ~95% of the time when cells have tens of escapes or more,
+~92% when cells with a handful of escapes enter (use --T-range to keep to well-measured cells).
+
     fits = fit_cube(ds)                 # labelled xarray.Dataset
     write_fits(fits, "results/x.zarr")  # the store's `fits/` group
     pipeline.open_fits("results/x.zarr")

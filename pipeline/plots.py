@@ -180,7 +180,8 @@ def _title(main, fixed: dict) -> str:
 
 def plot_cube(ds: xr.Dataset, x: str, y: str, hue: str | None = None, sel: dict | None = None, out=None, *,
               ax=None, title: str | None = None, logx: bool | None = None, logy: bool | None = None,
-              errorbars: bool = True, auto_sel: bool = True, notes: list | None = None) -> Figure:
+              errorbars: bool = True, auto_sel: bool = True, notes: list | None = None,
+              label: str | None = None) -> Figure:
     """Plot variable `y` against its dim `x`, one line per `hue` value, after `sel` (nearest
     values within a tolerance). Every other dim of `y` must be down to one value (by `sel`).
     With `auto_sel`, a cube dim left with several values is fixed at `default_value` (largest
@@ -214,6 +215,9 @@ def plot_cube(ds: xr.Dataset, x: str, y: str, hue: str | None = None, sel: dict 
     fixed = {d: da[d].values[0] for d in rest}
     low = ds.get(f"{y}_low") if errorbars else None
     high = ds.get(f"{y}_high") if errorbars else None
+    if errorbars and low is None and f"{y}_rel_error" in ds:  # e.g. mfpt with mfpt_rel_error
+        rel = abs(ds[f"{y}_rel_error"])
+        low, high = da * (1 - rel), da * (1 + rel)
 
     def prep(v):
         v = v.isel({d: 0 for d in rest}) if rest else v
@@ -237,7 +241,7 @@ def plot_cube(ds: xr.Dataset, x: str, y: str, hue: str | None = None, sel: dict 
     order = np.argsort(xs)
     bound_label = True
     for i, hv in enumerate(hue_vals):
-        label = None if hv is None else f"{hue} = {_fmt(hv)}"
+        label_i = label if hv is None else f"{hue} = {_fmt(hv)}"
         v = val[i][order]
         xo = xs[order]
         if lo is not None and hi is not None:
@@ -246,14 +250,14 @@ def plot_cube(ds: xr.Dataset, x: str, y: str, hue: str | None = None, sel: dict 
             err = np.vstack([np.where(has, v - l_, np.nan), np.where(has & np.isfinite(h_), h_ - v, np.nan)])
             err = np.where(np.isfinite(err), np.maximum(err, 0), 0.0)
             ax.errorbar(xo[has], v[has], yerr=err[:, has], color=colors[i], marker="o", ms=3.5, lw=1.2,
-                        capsize=2.5, elinewidth=0.9, label=label)
+                        capsize=2.5, elinewidth=0.9, label=label_i)
             only_low = ~has & np.isfinite(l_)
             if only_low.any():
                 ax.plot(xo[only_low], l_[only_low], ls="none", marker="^", ms=6, mfc="none", color=colors[i],
                         label="lower bound (none escaped)" if bound_label else None)
                 bound_label = False
         else:
-            ax.plot(xo, v, color=colors[i], marker="o" if xo.size <= 60 else None, ms=3.5, lw=1.2, label=label)
+            ax.plot(xo, v, color=colors[i], marker="o" if xo.size <= 60 else None, ms=3.5, lw=1.2, label=label_i)
     if logx is None:
         logx = x in LOG_X_DIMS or _positive_span(xs) >= 1000
     if logy is None:
@@ -283,7 +287,7 @@ def plot_cube(ds: xr.Dataset, x: str, y: str, hue: str | None = None, sel: dict 
         cb.set_label(_label(ds[hue]))
         if not bound_label:
             ax.legend(fontsize=8, frameon=False)
-    elif any(h is not None for h in hue_vals) or not bound_label:
+    elif any(h is not None for h in hue_vals) or not bound_label or label:
         ax.legend(fontsize=8, frameon=False)
     if out is not None:
         save(fig, out)
@@ -452,11 +456,47 @@ def preset_batch(ds, sel=None, out=None, n_curves: int = 5):
     return fig
 
 
+def preset_markov(ds, sel=None, out=None):
+    """Monte Carlo log10 escape time (largest budget, 95% bounds) and the Markov chain's log10 MFPT
+    against T, where the cube has `mfpt` (method = "markov" or "both")."""
+    if "mfpt" not in ds:
+        raise PlotError("preset markov: the cube has no mfpt variable (run with method = \"markov\" or \"both\")")
+    sel = dict(sel or {})
+    sel.setdefault("steps", int(ds["steps"].max()))
+    d = _default_sel(ds, sel)
+    fig = _new_fig()
+    ax = fig.add_subplot()
+    m = d["mfpt"]
+    m = m.isel({k: 0 for k in m.dims if k != "T"})
+    T = d["T"].values.astype(float)
+    mv = m.transpose("T").values.astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lm = np.log10(mv)
+    if "log10_escape_time" in d:
+        plot_cube(d, "T", "log10_escape_time", ax=ax, title="", label="Monte Carlo")
+    ok = np.isfinite(lm)
+    ax.plot(T[ok], lm[ok], color="tab:red", lw=1.4, ls="--", label="Markov chain MFPT")
+    if "mfpt_rel_error" in d:
+        r = d["mfpt_rel_error"]
+        r = abs(r.isel({k: 0 for k in r.dims if k != "T"}).transpose("T").values.astype(float))
+        good = ok & np.isfinite(r) & (r < 1)
+        ax.fill_between(T[good], np.log10(mv[good] * (1 - r[good])), np.log10(mv[good] * (1 + r[good])),
+                        color="tab:red", alpha=0.2, lw=0)
+    ax.set_ylabel("log10 mean escape time [log10(steps)]")
+    ax.set_title("Monte Carlo (censored MLE, 95% bounds) and Markov-chain MFPT"
+                 + _cell_title(d, ("steps", "batch_size", "depth", "width")), fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    if out is not None:
+        save(fig, out)
+    return fig
+
+
 PRESETS = {
     "p_escape": (preset_p_escape, "P(escape within 100 and within 1000 steps) against T"),
     "escape_time": (preset_escape_time, "log10 escape time against T on 0.01..0.02 with error bars and fit"),
     "survival": (preset_survival, "survival curves S(n) for a few T from escape_hist"),
     "batch": (preset_batch, "ln tau against batch size B for a few T"),
+    "markov": (preset_markov, "Monte Carlo escape time and Markov-chain MFPT against T (cubes with mfpt)"),
 }
 
 

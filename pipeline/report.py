@@ -111,9 +111,9 @@ def _figures(ds: xr.Dataset, budget) -> list[tuple[str, str, str | None]]:
         add("ln tau against batch size", "ln tau against B at a few T (largest budget) with ln tau = a + b B fits.",
             lambda: plots.preset_batch(ds))
     if "mfpt" in ds:
-        add("Markov MFPT", "Mean first-passage time from the Markov-chain method, where the cube has it.",
-            lambda: plots.plot_cube(ds, "T", "mfpt", sel={k: v for k, v in _seed_sel(ds).items() if k in ds["mfpt"].dims}
-                                    | ({"steps": int(ds["steps"].max())} if "steps" in ds["mfpt"].dims else {})))
+        add("Markov chain against Monte Carlo", "log10 of the Markov chain's mean first-passage time (band: its "
+            "discretisation error estimate) next to the Monte Carlo censored-MLE escape time at the largest budget.",
+            lambda: plots.preset_markov(ds))
     return out
 
 

@@ -73,6 +73,8 @@ def grouped_median(hist, edges, n):
     hist = np.asarray(hist, dtype=np.int64)
     edges = np.asarray(edges, dtype=float)
     n = np.asarray(n, dtype=np.int64)
+    if hist.shape[-1] == 0:  # no bins at all: nothing escaped that could be counted
+        return np.full(np.broadcast_shapes(hist.shape[:-1], n.shape), np.nan)
     m = (n + 1) // 2  # rank of the median walker (1-based)
     cum = np.cumsum(hist, axis=-1)
     ok = (n > 0) & (cum[..., -1] >= m) if hist.shape[-1] else np.zeros(n.shape, bool)
