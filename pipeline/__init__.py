@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from .cube import open_cube
+from .fits import open_fits
 from .landscape import find_pit
 from .runner import run_sweep
 from .task import simulate
@@ -12,4 +13,4 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
-__all__ = ["simulate", "find_pit", "open_cube", "run_sweep", "__version__"]
+__all__ = ["simulate", "find_pit", "open_cube", "open_fits", "run_sweep", "__version__"]

@@ -55,6 +55,13 @@ def _run(args) -> int:
         print(f"\nescape-sweep: interrupted; finished chunks are kept in {path}: "
               f"`escape-sweep status {path}` shows them, the same `run` resumes", file=sys.stderr)
         return 130
+    except UsageError:
+        raise
+    except Exception as e:  # a failure at run time: one line, the store keeps what was finished
+        path = args.output or spec.output
+        print(f"escape-sweep: run failed: {type(e).__name__}: {e}; finished chunks are kept in {path} "
+              "and the same `run` resumes", file=sys.stderr)
+        return 1
     print(summary.line())
     return 0
 
@@ -261,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
     b.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64], help="batch sizes (default 1 8 64)")
     b.add_argument("--min-seconds", type=float, default=0.3, help="minimum time of one timed call")
+    b.add_argument("--sweep", action="store_true",
+                   help="sweep scaling 1 vs 2 workers, steps-axis cost, start-up, large-grid client memory")
+    b.add_argument("--sweep-seconds", type=float, default=24.0, help="kernel seconds of the scaling sweep")
+    b.add_argument("--grid-cells", type=int, default=100_000, help="cells of the large-grid run (0: skip)")
     b.set_defaults(func=_bench)
 
     for mod in _plugin_modules():

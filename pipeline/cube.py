@@ -52,6 +52,21 @@ VARIABLES = {
 }
 HIST = ("int64", "escape-step histogram", "walkers",
         "walkers escaping at a step in [escape_step_lo, escape_step_hi), up to max(steps)")
+# exact-solver variables (method "markov" or "both"): name -> (dims, dtype, long_name, units, description)
+MARKOV_VARIABLES = {
+    "mfpt": (CELL_DIMS, "float64", "mean escape time (exact solver)", "steps",
+             "mean first-passage time from w_start past w_barrier, from the grid Markov chain (pipeline.markov)"),
+    "mfpt_rel_error": (CELL_DIMS, "float64", "mfpt relative discretisation error", "1",
+                       "Richardson estimate |tau(h) - tau(h/2)| / tau(h/2) of the exact solver's grid error"),
+}
+BOTH_VARIABLES = {
+    "markov_p_escape": (DIMS5, "float64", "escape probability (exact solver)", "1",
+                        "P(escape within the step budget) from repeated application of the grid Markov chain"),
+    "consistent": (DIMS5, "bool", "Markov inside Monte Carlo 99% interval", "1",
+                   "True where mfpt lies inside the Monte Carlo censored-MLE 99% interval of tau at this budget"),
+}
+MARKOV_NOTE = ("method = markov: computed by the exact solver, not sampled (n_walkers = 0); "
+               "bounds reflect the discretisation error only. ")
 GEOMETRY = {
     "w_start": ("pit minimum", "W", "l1's local minimum near W = 1: every walker starts here"),
     "w_barrier": ("barrier", "W", "l1's local maximum right of the pit: escape is the first step with W > w_barrier"),
@@ -124,6 +139,19 @@ def _skeleton(spec: Spec, chunks):
         ds[name] = (DIMS5, da.full(shape5, fill, dtype=dtype, chunks=ch5))
         ds[name].attrs.update(long_name=ln, units=units, description=desc)
         encoding[name] = {"chunks": ch5, "_FillValue": None if dtype == "int64" else np.nan}
+    extra = dict(MARKOV_VARIABLES) if spec.method in ("markov", "both") else {}
+    if spec.method == "both":
+        extra.update(BOTH_VARIABLES)
+    for name, (dims, dtype, ln, units, desc) in extra.items():
+        shape, ch = (shape5, ch5) if dims == DIMS5 else (spec.cell_shape, tuple(chunks))
+        fill = False if dtype == "bool" else np.nan
+        ds[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=ch))
+        ds[name].attrs.update(long_name=ln, units=units, description=desc)
+        encoding[name] = {"chunks": ch, "_FillValue": None if dtype == "bool" else np.nan}
+    if spec.method == "markov":
+        for name in ("p_escape", "p_escape_low", "p_escape_high", "escape_rate", "log10_escape_time",
+                     "log10_escape_time_low", "log10_escape_time_high"):
+            ds[name].attrs["description"] = MARKOV_NOTE + ds[name].attrs["description"]
     nb = len(edges) - 1
     shapeh = spec.cell_shape + (nb,)
     chh = (cT, cB, cD, cW, nb)
@@ -193,34 +221,62 @@ def open_group(path, mode="r+"):
     return zarr.open_group(str(path), mode=mode, use_consolidated=False)
 
 
-def derived(counts: dict, edges) -> dict:
+def derived(counts: dict, edges, method: str = "montecarlo") -> dict:
     """Cube variables of a chunk from its additive counts (arrays over the chunk's cells).
 
-    counts: n_walkers, n_diverged (cells); n_escaped, exposure (cells + budgets); hist (cells + bins).
-    Returns 5-D arrays ordered (T, steps, batch_size, depth, width) and the histogram."""
+    counts: n_walkers, n_diverged (cells); n_escaped, exposure (cells + budgets); hist (cells + bins);
+    with the exact solver also mfpt, mfpt_rel_error (cells) and markov_p_escape (cells + budgets).
+    Returns arrays ordered like the cube: (T, steps, batch_size, depth, width), the histogram,
+    and the per-cell solver variables."""
     nb = counts["n_escaped"].shape[-1]
     n = np.repeat(counts["n_walkers"][..., None], nb, axis=-1)
     ndiv = np.repeat(counts["n_diverged"][..., None], nb, axis=-1)
     k, e = counts["n_escaped"], counts["exposure"]
-    p, plo, phi = stats.wilson(k, n)
-    rate = stats.censored_rate(k, e)[0]
-    lt, ltlo, lthi = stats.log10_escape_time(k, e)
-    med = stats.grouped_median(counts["hist"], edges, counts["n_walkers"])
-    med = np.where(k >= (n + 1) // 2, med[..., None], np.nan)
+    if method == "markov":
+        tau = np.repeat(counts["mfpt"][..., None], nb, axis=-1)
+        rel = np.repeat(counts["mfpt_rel_error"][..., None], nb, axis=-1)
+        p = plo = phi = counts["markov_p_escape"]
+        rate = 1.0 / tau
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lt, ltlo, lthi = np.log10(tau), np.log10(tau * (1 - rel)), np.log10(tau * (1 + rel))
+        med = np.full(k.shape, np.nan)
+    else:
+        p, plo, phi = stats.wilson(k, n)
+        rate = stats.censored_rate(k, e)[0]
+        lt, ltlo, lthi = stats.log10_escape_time(k, e)
+        med = stats.grouped_median(counts["hist"], edges, counts["n_walkers"])
+        med = np.where(k >= (n + 1) // 2, med[..., None], np.nan)
     out = dict(n_walkers=n, n_escaped=k, n_diverged=ndiv, exposure=e, p_escape=p, p_escape_low=plo,
                p_escape_high=phi, escape_rate=rate, log10_escape_time=lt, log10_escape_time_low=ltlo,
                log10_escape_time_high=lthi, median_escape_time=med)
-    out = {name: np.moveaxis(np.asarray(v, dtype=VARIABLES[name][0]), -1, 1) for name, v in out.items()}
+    if method == "both":
+        _, rlo, rhi = stats.censored_rate(k, e, conf=0.99)
+        tau = counts["mfpt"][..., None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["consistent"] = (tau * rlo <= 1.0) & (tau * rhi >= 1.0)
+        out["markov_p_escape"] = counts["markov_p_escape"]
+    out = {name: np.moveaxis(np.asarray(v, dtype=_dtype(name)), -1, 1) for name, v in out.items()}
     out["escape_hist"] = np.asarray(counts["hist"], dtype=np.int64)
+    if method in ("markov", "both"):
+        out["mfpt"] = np.asarray(counts["mfpt"], dtype=np.float64)
+        out["mfpt_rel_error"] = np.asarray(counts["mfpt_rel_error"], dtype=np.float64)
     return out
 
 
-def write_chunk(group, slices, counts: dict, edges) -> None:
+def _dtype(name: str) -> str:
+    if name in VARIABLES:
+        return VARIABLES[name][0]
+    return BOTH_VARIABLES[name][1]
+
+
+def write_chunk(group, slices, counts: dict, edges, method: str = "montecarlo") -> None:
     """Write every variable of one chunk (slices along T, batch_size, depth, width)."""
     sT, sB, sD, sW = slices
-    for name, arr in derived(counts, edges).items():
+    for name, arr in derived(counts, edges, method).items():
         if name == "escape_hist":
             group[name][sT, sB, sD, sW, :] = arr
+        elif name in MARKOV_VARIABLES:
+            group[name][sT, sB, sD, sW] = arr
         else:
             group[name][sT, :, sB, sD, sW] = arr
 

@@ -1,14 +1,14 @@
 """numba kernels: one cell's walkers from start to escape or budget. Pure arrays in and out.
 
-The hot loop of every sweep. Walkers run in blocks of LANES interleaved lanes that step in
-lock-step, so the inner loop over lanes has no branches and LLVM vectorises it (the exp
-latency chains of different walkers overlap). Randomness is counter-free and per walker:
+The hot loop of every sweep. LANES walkers are interleaved and step in lock-step, so the
+inner loop over lanes has no branches and LLVM vectorises it (the exp latency chains of
+different walkers overlap); a lane whose walker is finished takes the next one. Randomness is counter-free and per walker:
 walker i of a cell owns a splitmix64 stream seeded by mix(key, i), and each 64-bit word of it
 feeds floor(64 / B) minibatches (k = popcount of B bits ~ Binomial(B, 1/2)). So walker i's
 escape step depends only on (key, i), never on the block it was computed in.
 
-exp is our own (range reduction + degree-13 polynomial, no fastmath): it vectorises and gives
-the same bits on every x86-64/ARM host, unlike libm or SVML.
+exp is our own (range reduction + degree-13 polynomial with explicit fused multiply-adds, no
+fastmath): it vectorises and gives the same bits on every host, unlike libm or SVML.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from numba.extending import intrinsic
 
 NOT_ESCAPED = -1  # censored: still in the pit after the whole budget
 DIVERGED = -2  # W stopped being finite before escaping
-LANES = 32
+LANES = 64
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -44,6 +44,19 @@ def _i64_as_f64(typingctx, x):
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.DoubleType())
+
+    return sig, codegen
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c with one rounding (IEEE fused multiply-add: the same bits on every host)."""
+    sig = types.float64(types.float64, types.float64, types.float64)
+
+    def codegen(context, builder, signature, args):
+        d = ir.DoubleType()
+        fn = builder.module.declare_intrinsic("llvm.fma", [d], ir.FunctionType(d, [d, d, d]))
+        return builder.call(fn, args)
 
     return sig, codegen
 
@@ -78,21 +91,21 @@ def exp_nonpos(x):
     """exp(x) for x <= 0 to ~1 ulp: x = n ln2 + r, |r| <= ln2/2, Taylor(13) in r, times 2^n."""
     x = max(x, _EXP_MIN)
     n = np.floor(x * _LOG2E + 0.5)
-    r = (x - n * _LN2_HI) - n * _LN2_LO
+    r = _fma(-n, _LN2_LO, _fma(-n, _LN2_HI, x))
     p = _C13
-    p = p * r + _C12
-    p = p * r + _C11
-    p = p * r + _C10
-    p = p * r + _C9
-    p = p * r + _C8
-    p = p * r + _C7
-    p = p * r + _C6
-    p = p * r + _C5
-    p = p * r + _C4
-    p = p * r + _C3
-    p = p * r + _C2
-    p = p * r + _C1
-    p = p * r + _C0
+    p = _fma(p, r, _C12)
+    p = _fma(p, r, _C11)
+    p = _fma(p, r, _C10)
+    p = _fma(p, r, _C9)
+    p = _fma(p, r, _C8)
+    p = _fma(p, r, _C7)
+    p = _fma(p, r, _C6)
+    p = _fma(p, r, _C5)
+    p = _fma(p, r, _C4)
+    p = _fma(p, r, _C3)
+    p = _fma(p, r, _C2)
+    p = _fma(p, r, _C1)
+    p = _fma(p, r, _C0)
     return p * _i64_as_f64((np.int64(n) + 1023) << 52)
 
 
@@ -103,6 +116,11 @@ def escape_steps(T, steps, batch_size, depth, width, start, barrier, key, first,
     Each value is the first step n in [1, steps] with W_n > barrier, NOT_ESCAPED (-1) if none,
     or DIVERGED (-2) if W stopped being finite. W_0 = start and
     W <- W - T (g0(W) + (k / B) gpit(W)), with k = popcount of B fresh random bits.
+
+    LANES walkers step together in rounds of K steps (K a multiple of the steps one random word
+    feeds, so every lane draws its words at the same moments and the loop stays branch-free).
+    After each round, lanes whose walker escaped or used up the budget take the next walker, so
+    a slow walker never holds the others back.
     """
     out = np.empty(count, np.int64)
     B = batch_size
@@ -114,69 +132,76 @@ def escape_steps(T, steps, batch_size, depth, width, start, barrier, key, first,
     else:
         per_word = 1
         nwords = (B + 63) // 64
+    K = per_word * ((64 + per_word - 1) // per_word)
     tail_bits = B - 64 * (nwords - 1)
     mask = np.uint64(0xFFFFFFFFFFFFFFFF) if tail_bits == 64 else (np.uint64(1) << np.uint64(tail_bits)) - np.uint64(1)
     ub = np.uint64(B if B <= 64 else 0)
 
     w = np.empty(LANES)
     esc = np.empty(LANES, np.int64)
-    state = np.empty(LANES, np.uint64)
-    word = np.empty(LANES, np.uint64)
+    done_steps = np.zeros(LANES, np.int64)  # steps the lane's walker had made before this round
+    wid = np.full(LANES, -1, np.int64)  # walker in the lane (index into out), -1 = idle
+    state = np.zeros(LANES, np.uint64)
+    word = np.zeros(LANES, np.uint64)
     kk = np.empty(LANES)
-    for b0 in range(0, count, LANES):
-        for j in range(LANES):
-            w[j] = start
-            esc[j] = NOT_ESCAPED
-            state[j] = walker_state(key, first + b0 + j)
-            word[j] = np.uint64(0)
-        used = per_word  # forces a fresh word before the first step
-        s = 0
-        while s < steps:
-            s_end = min(steps, s + 64)
-            while s < s_end:
-                s += 1
-                if nwords == 1:
-                    if used == per_word:
-                        for j in range(LANES):
-                            st = state[j] + _GAMMA
-                            state[j] = st
-                            word[j] = mix64(st)
-                        used = 0
+    nxt = 0
+    active = 0
+    for j in range(LANES):
+        w[j] = start
+        esc[j] = NOT_ESCAPED
+        if nxt < count:
+            wid[j] = nxt
+            state[j] = walker_state(key, first + nxt)
+            nxt += 1
+            active += 1
+    while active > 0:
+        for t in range(K):
+            if nwords == 1:
+                if t % per_word == 0:
                     for j in range(LANES):
-                        wd = word[j]
-                        kk[j] = np.float64(_popcount(wd & mask))
-                        word[j] = wd >> ub
-                    used += 1
-                else:
-                    for j in range(LANES):
-                        c = np.uint64(0)
-                        st = state[j]
-                        for q in range(nwords):
-                            st += _GAMMA
-                            z = mix64(st)
-                            if q == nwords - 1:
-                                z &= mask
-                            c += _popcount(z)
+                        st = state[j] + _GAMMA
                         state[j] = st
-                        kk[j] = np.float64(c)
+                        word[j] = mix64(st)
                 for j in range(LANES):
-                    x = w[j]
-                    a = x - 2.0
-                    d = (x - 1.0) * inv_w
-                    g = 2.0 * a * exp_nonpos(-(a * a)) + kk[j] * pit_coef * d * exp_nonpos(-(d * d))
-                    xn = x - T * g
-                    w[j] = xn
-                    esc[j] = s if (esc[j] < 0) & (xn > barrier) else esc[j]
-            done = True
+                    wd = word[j]
+                    kk[j] = np.float64(_popcount(wd & mask))
+                    word[j] = wd >> ub
+            else:
+                for j in range(LANES):
+                    c = np.uint64(0)
+                    st = state[j]
+                    for q in range(nwords):
+                        st += _GAMMA
+                        z = mix64(st)
+                        if q == nwords - 1:
+                            z &= mask
+                        c += _popcount(z)
+                    state[j] = st
+                    kk[j] = np.float64(c)
             for j in range(LANES):
-                if esc[j] < 0:
-                    done = False
-            if done:
-                break
-        n = min(LANES, count - b0)
-        for j in range(n):
-            e = esc[j]
-            if e < 0 and not np.isfinite(w[j]):
-                e = DIVERGED
-            out[b0 + j] = e
+                x = w[j]
+                a = x - 2.0
+                d = (x - 1.0) * inv_w
+                g = 2.0 * a * exp_nonpos(-(a * a)) + kk[j] * pit_coef * d * exp_nonpos(-(d * d))
+                xn = x - T * g
+                w[j] = xn
+                s = done_steps[j] + t + 1
+                esc[j] = s if (esc[j] < 0) & (xn > barrier) & (s <= steps) else esc[j]
+        for j in range(LANES):
+            done_steps[j] += K
+            if wid[j] >= 0 and (esc[j] >= 0 or done_steps[j] >= steps):
+                e = esc[j]
+                if e < 0 and not np.isfinite(w[j]):
+                    e = DIVERGED
+                out[wid[j]] = e
+                if nxt < count:
+                    wid[j] = nxt
+                    state[j] = walker_state(key, first + nxt)
+                    nxt += 1
+                else:
+                    wid[j] = -1
+                    active -= 1
+                w[j] = start
+                esc[j] = NOT_ESCAPED
+                done_steps[j] = 0
     return out

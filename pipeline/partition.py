@@ -22,11 +22,20 @@ DEFAULT_TASK_SECONDS = 2.0
 MIN_CHUNKS = 8  # even a small grid keeps a few workers busy
 
 
+MARKOV_CELL_COST = 0.3 * KERNEL_RATE  # an exact solve takes a fraction of a second
+
+
+def _cell_cost(spec: Spec) -> float:
+    """Work of one cell in walker-step units: walkers x max(steps), plus the exact solve."""
+    mc = spec.walkers * spec.max_steps if spec.method in ("montecarlo", "both") else 0
+    return mc + (MARKOV_CELL_COST if spec.method in ("markov", "both") else 0)
+
+
 def chunk_shape(spec: Spec, task_seconds: float = DEFAULT_TASK_SECONDS,
                 min_chunks: int = MIN_CHUNKS) -> tuple[int, int, int, int]:
     """Cells per chunk along (T, batch_size, depth, width): about `task_seconds` of kernel work,
     but small grids are still cut into about `min_chunks` chunks so every worker gets some."""
-    per_cell = spec.walkers * spec.max_steps
+    per_cell = _cell_cost(spec)
     budget = max(1, int(task_seconds * KERNEL_RATE // per_cell))
     budget = min(budget, max(1, math.ceil(spec.n_cells / min_chunks)))
     shape = []
@@ -41,7 +50,7 @@ def walker_blocks(spec: Spec, chunk: tuple[int, int, int, int], task_seconds: fl
     """(start, count) walker ranges of one cell: one range unless a cell alone is over the task size.
 
     Blocks are multiples of the kernel's lane count so no lanes are padded except in the last."""
-    if math.prod(chunk) > 1:
+    if math.prod(chunk) > 1 or spec.method == "markov":
         return [(0, spec.walkers)]
     n = max(1, math.ceil(spec.walkers * spec.max_steps / (task_seconds * KERNEL_RATE)))
     size = max(LANES, math.ceil(spec.walkers / n / LANES) * LANES)
@@ -72,7 +81,8 @@ def tasks_for_chunk(spec: Spec, chunks, index, pits, task_seconds=DEFAULT_TASK_S
     edges = tuple(int(e) for e in histogram_edges(spec.max_steps, spec.steps))
     blocks = walker_blocks(spec, chunks, task_seconds)
     return [Task(chunk=tuple(index), shape=shape, cells=tuple(cells), walker_start=s, walker_count=c,
-                 budgets=spec.steps, edges=edges, seed=spec.seed, block=b, n_blocks=len(blocks))
+                 budgets=spec.steps, edges=edges, seed=spec.seed, block=b, n_blocks=len(blocks),
+                 method=spec.method)
             for b, (s, c) in enumerate(blocks)]
 
 

@@ -2,7 +2,7 @@
 
 `numpy_escape_steps`: vectorised over walkers, one numpy array op per term, numpy's Generator
 for k ~ Binomial(B, 1/2). `scalar_escape_steps`: a straightforward numba loop, one walker at a
-time, drawing B coin flips per step with np.random. Same model and return codes as
+time, drawing k ~ Binomial(B, 1/2) each step with np.random. Same model and return codes as
 `pipeline.kernels.escape_steps`; different random streams, so they agree in distribution only.
 """
 
@@ -41,17 +41,14 @@ def numpy_escape_steps(T, steps, batch_size, depth, width, start, barrier, walke
 
 @njit(cache=True, nogil=True)
 def scalar_escape_steps(T, steps, batch_size, depth, width, start, barrier, walkers, seed):
-    """The straightforward numba loop: per walker, per step, B np.random coin flips and two exps."""
+    """The straightforward numba loop: per walker, per step, one np.random.binomial draw and two exps."""
     np.random.seed(seed)
     out = np.empty(walkers, np.int64)
     for i in range(walkers):
         x = start
         e = NOT_ESCAPED
         for s in range(1, steps + 1):
-            k = 0
-            for _ in range(batch_size):
-                if np.random.random() < 0.5:
-                    k += 1
+            k = np.random.binomial(batch_size, 0.5)
             a = x - 2.0
             d = (x - 1.0) / width
             g = 2.0 * a * np.exp(-a * a) + (k / batch_size) * 2.0 * depth * d / width * np.exp(-d * d)

@@ -50,6 +50,10 @@ class Summary:
     wall_seconds: float
     complete: bool
     dashboard: str | None = None
+    compute_seconds: float = 0.0  # first submit to last write
+    kernel_seconds: float = 0.0  # summed over tasks, as timed inside them
+    workers: int = 0
+    window: int = 0
 
     @property
     def rate(self) -> float:
@@ -113,10 +117,15 @@ class _Progress:
             print(file=sys.stderr, flush=True)
 
 
+ADDITIVE = ("n_walkers", "n_diverged", "n_escaped", "exposure", "hist")
+
+
 def _sum_blocks(parts: list[dict]) -> dict:
-    out = {k: parts[0][k].copy() for k in ("n_walkers", "n_diverged", "n_escaped", "exposure", "hist")}
+    """Counts of a chunk from its walker blocks (they add); per-cell extras come from block 0."""
+    out = {k: v for k, v in parts[0].items() if k not in ADDITIVE}
+    out.update({k: parts[0][k].copy() for k in ADDITIVE})
     for p in parts[1:]:
-        for k in out:
+        for k in ADDITIVE:
             out[k] += p[k]
     return out
 
@@ -166,6 +175,8 @@ def _compute(spec, path, group, chunks, pending, pits, edges, opts, summary):
             print(f"escape-sweep: dashboard {client.dashboard_link}", file=sys.stderr, flush=True)
         nthreads = sum(client.nthreads().values()) or 1
         window = opts.window or 2 * nthreads + 2
+        summary.workers, summary.window = nthreads, window
+        t_start = time.perf_counter()
         tag = spec.content_hash[:10]
         ac = as_completed()
         blocks: dict[tuple, list] = {}
@@ -190,14 +201,16 @@ def _compute(spec, path, group, chunks, pending, pits, edges, opts, summary):
                 parts = blocks[res["chunk"]]
                 parts[res["block"]] = res
                 summary.walker_steps += res["walker_steps"]
+                summary.kernel_seconds += res["kernel_seconds"]
                 if all(p is not None for p in parts):
                     del blocks[res["chunk"]]
                     sl = partition.chunk_slices(spec, chunks, res["chunk"])
-                    cube.write_chunk(group, sl, _sum_blocks(parts), edges)
+                    cube.write_chunk(group, sl, _sum_blocks(parts), edges, spec.method)
                     cube.mark_done(group, res["chunk"])
                     summary.chunks_computed += 1
                 submit_next()
                 progress.update(summary.chunks_computed, summary.walker_steps)
             progress.update(summary.chunks_computed, summary.walker_steps, force=True)
+            summary.compute_seconds = time.perf_counter() - t_start
         finally:
             progress.close()

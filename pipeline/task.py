@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,6 +122,7 @@ class Task:
     seed: int
     block: int = 0
     n_blocks: int = 1
+    method: str = "montecarlo"  # "montecarlo", "markov" (exact solver only) or "both"
 
     @property
     def cost(self) -> int:
@@ -150,7 +152,9 @@ def run_task(task: Task) -> dict:
     """Simulate a task's cells and return their additive statistics as arrays over the chunk.
 
     Keys: chunk, block, n_walkers/n_diverged (shape = chunk shape), n_escaped/exposure
-    (chunk shape + budgets), hist (chunk shape + bins), walker_steps (int).
+    (chunk shape + budgets), hist (chunk shape + bins), walker_steps (int), kernel_seconds.
+    With method "markov" or "both", block 0 also carries the exact solver's mfpt and
+    mfpt_rel_error (chunk shape) and markov_p_escape (chunk shape + budgets).
     """
     shape = task.shape
     nb, nh = len(task.budgets), len(task.edges) - 1
@@ -158,15 +162,31 @@ def run_task(task: Task) -> dict:
         chunk=task.chunk, block=task.block,
         n_walkers=np.zeros(shape, np.int64), n_diverged=np.zeros(shape, np.int64),
         n_escaped=np.zeros(shape + (nb,), np.int64), exposure=np.zeros(shape + (nb,), np.int64),
-        hist=np.zeros(shape + (nh,), np.int64), walker_steps=0,
+        hist=np.zeros(shape + (nh,), np.int64), walker_steps=0, kernel_seconds=0.0,
     )
     smax = max(task.budgets)
-    for c in task.cells:
-        key = cell_key(task.seed, c.T, c.batch_size, c.depth, c.width)
-        esc = escape_steps(c.T, smax, c.batch_size, c.depth, c.width, c.w_start, c.w_barrier,
-                           key, task.walker_start, task.walker_count)
-        s = summarize(esc, task.budgets, task.edges)
-        for name in ("n_walkers", "n_diverged", "n_escaped", "exposure", "hist"):
-            out[name][c.index] = s[name]
-        out["walker_steps"] += walker_steps(esc, smax)
+    if task.method in ("montecarlo", "both"):
+        for c in task.cells:
+            key = cell_key(task.seed, c.T, c.batch_size, c.depth, c.width)
+            t0 = time.perf_counter()
+            esc = escape_steps(c.T, smax, c.batch_size, c.depth, c.width, c.w_start, c.w_barrier,
+                               key, task.walker_start, task.walker_count)
+            out["kernel_seconds"] += time.perf_counter() - t0
+            s = summarize(esc, task.budgets, task.edges)
+            for name in ("n_walkers", "n_diverged", "n_escaped", "exposure", "hist"):
+                out[name][c.index] = s[name]
+            out["walker_steps"] += walker_steps(esc, smax)
+    if task.method in ("markov", "both") and task.block == 0:
+        from .markov import markov_cell
+
+        out["mfpt"] = np.zeros(shape)
+        out["mfpt_rel_error"] = np.zeros(shape)
+        out["markov_p_escape"] = np.zeros(shape + (nb,))
+        t0 = time.perf_counter()
+        for c in task.cells:
+            r = markov_cell(c.T, c.batch_size, c.depth, c.width, task.budgets, start=c.w_start)
+            out["mfpt"][c.index] = r.mfpt
+            out["mfpt_rel_error"][c.index] = r.mfpt_rel_error
+            out["markov_p_escape"][c.index] = r.p_escape
+        out["kernel_seconds"] += time.perf_counter() - t0
     return out

@@ -1,0 +1,603 @@
+"""Fits of the escape time across a cube: ln tau against 1/T (Arrhenius) and against T, ln tau
+against batch size at fixed T, whether T/B alone sets tau, and which cells are memoryless.
+
+Only cells whose tau = exposure / n_escaped is bounded on both sides (n_escaped > 0, exposure > 0)
+enter a fit, weighted by the inverse square of their chi-square interval width in log space.
+Every other cell is listed with its reason (not run, nothing escaped), never silently dropped.
+
+Intervals are Student-t with n - 2 dof on the residual-scaled covariance. ln(E/D) is biased up by
+about 1/(2D) when a cell has few escapes D, and its weight grows with D; on synthetic cubes the
+95% intervals of a and b cover the truth ~95% of the time when cells have tens of escapes or more,
+~92% when cells with a handful of escapes enter (use --T-range to keep to well-measured cells).
+
+    fits = fit_cube(ds)                 # labelled xarray.Dataset
+    write_fits(fits, "results/x.zarr")  # the store's `fits/` group
+    pipeline.open_fits("results/x.zarr")
+    print(format_table(fits))
+
+Command line: `escape-sweep fit CUBE [--budget N] [--format table|json] [--no-save]`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+from scipy import stats as _st
+
+from . import stats
+
+DIMS5 = ("T", "steps", "batch_size", "depth", "width")
+SLICE_DIMS = ("steps", "batch_size", "depth", "width")
+REQUIRED_VARS = ("n_walkers", "n_escaped", "exposure")
+FITS_GROUP = "fits"
+
+# cell status codes (variable `cell_status`); every code but BOUNDED keeps the cell out of the fits
+BOUNDED, NO_ESCAPES, NOT_RUN, NO_EXPOSURE, NON_EXPONENTIAL, OUTSIDE_T = 0, 1, 2, 3, 4, 5
+STATUS = {BOUNDED: "bounded", NO_ESCAPES: "no escapes (tau only bounded below)",
+          NOT_RUN: "not run (n_walkers = 0)", NO_EXPOSURE: "no exposure",
+          NON_EXPONENTIAL: "left out: not memoryless (exponential_only)", OUTSIDE_T: "left out: outside t_range"}
+FLAG_MEANINGS = "bounded no_escapes not_run no_exposure non_exponential outside_t_range"
+
+
+class BadInput(ValueError):
+    """Bad input to an analysis command: one line naming the thing, the value and what is allowed."""
+
+
+class NotACube(BadInput):
+    """The path or dataset is not an escape-sweep cube (one line naming it and what is missing)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def check_cube(ds: xr.Dataset, where: str = "dataset") -> xr.Dataset:
+    """Raise NotACube unless `ds` has the cube's dims and count variables."""
+    missing = [d for d in DIMS5 if d not in ds.dims]
+    if missing:
+        raise NotACube(f"{where}: not an escape-sweep cube: dims {', '.join(missing)} missing "
+                       f"(a cube has dims {', '.join(DIMS5)})")
+    missing = [v for v in REQUIRED_VARS if v not in ds.data_vars]
+    if missing:
+        raise NotACube(f"{where}: not an escape-sweep cube: variables {', '.join(missing)} missing "
+                       f"(a cube has {', '.join(REQUIRED_VARS)}, ...)")
+    return ds
+
+
+def load_cube(path) -> xr.Dataset:
+    """Open a cube lazily with xarray and check that it is one; NotACube otherwise."""
+    text = str(path)
+    if "://" not in text and not Path(text).exists():
+        raise NotACube(f"CUBE={text}: no such file or directory")
+    if "://" not in text and not (Path(text) / "zarr.json").exists() and not (Path(text) / ".zgroup").exists():
+        raise NotACube(f"CUBE={text}: not a Zarr store (no zarr.json inside); give the path of a cube made by `escape-sweep run`")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = xr.open_zarr(text)
+    except Exception as e:  # noqa: BLE001 - any failure to open is "not a cube" for the user
+        raise NotACube(f"CUBE={text}: xarray cannot open it as a Zarr dataset ({type(e).__name__}: {e})") from None
+    return check_cube(ds, f"CUBE={text}")
+
+
+def _budget_sel(ds: xr.Dataset, budget) -> xr.Dataset:
+    if budget is None:
+        return ds
+    allowed = [int(s) for s in ds["steps"].values]
+    try:
+        b = int(budget)
+    except (TypeError, ValueError):
+        b = None
+    if b is None or b not in allowed or float(budget) != b:
+        raise BadInput(f"--budget={budget}: not a step budget of this cube (allowed: {', '.join(map(str, allowed))})")
+    return ds.sel(steps=[b])
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-cell estimates
+# ---------------------------------------------------------------------------------------------
+
+
+def _attrs(da, long_name, units, description):
+    da.attrs.update(long_name=long_name, units=units, description=description)
+    return da
+
+
+def cell_estimates(ds: xr.Dataset, conf: float = 0.95) -> xr.Dataset:
+    """ln tau with chi-square bounds, its log-space sigma and a status code for every cell."""
+    d = ds["n_escaped"].transpose(*DIMS5).values
+    e = ds["exposure"].transpose(*DIMS5).values
+    n = ds["n_walkers"].transpose(*DIMS5).values
+    ln_tau, ln_lo, ln_hi, sigma = stats.ln_escape_time(d, e, conf)
+    tau_low = stats.escape_time(d, e, conf)[1]
+    status = np.where(n <= 0, NOT_RUN, np.where(~(e > 0), NO_EXPOSURE, np.where(d > 0, BOUNDED, NO_ESCAPES)))
+    coords = {k: ds[k] for k in DIMS5}
+    out = xr.Dataset(coords=coords)
+    out["ln_tau"] = _attrs(xr.DataArray(ln_tau, coords, DIMS5), "ln mean escape time", "ln(steps)",
+                           "ln(exposure / n_escaped): censored exponential MLE of tau; NaN unless bounded")
+    out["ln_tau_low"] = _attrs(xr.DataArray(ln_lo, coords, DIMS5), f"ln tau, {conf:.0%} lower bound", "ln(steps)",
+                               "exact chi-square (Poisson) bound")
+    out["ln_tau_high"] = _attrs(xr.DataArray(ln_hi, coords, DIMS5), f"ln tau, {conf:.0%} upper bound", "ln(steps)",
+                                "exact chi-square (Poisson) bound")
+    out["ln_tau_sigma"] = _attrs(xr.DataArray(sigma, coords, DIMS5), "ln tau standard error", "ln(steps)",
+                                 "(ln_tau_high - ln_tau_low) / (2 z): fits weigh cells by 1 / sigma^2")
+    out["tau_lower_bound"] = _attrs(
+        xr.DataArray(np.where(status == NO_ESCAPES, tau_low, np.nan), coords, DIMS5),
+        "one-sided lower bound of tau", "steps",
+        f"where nothing escaped: exposure / -ln(1 - {conf}) (one-sided {conf:.0%}); NaN elsewhere")
+    out["cell_status"] = _attrs(xr.DataArray(status.astype(np.int8), coords, DIMS5), "cell status", "1",
+                                "; ".join(f"{k} = {v}" for k, v in STATUS.items()))
+    out["cell_status"].attrs.update(flag_values=list(STATUS), flag_meanings=FLAG_MEANINGS)
+    return out
+
+
+def _fitted(cells: xr.Dataset, name: str = "ln_tau") -> xr.DataArray:
+    """`name` where the cell enters the fits (status BOUNDED), NaN elsewhere."""
+    return cells[name].where(cells["cell_status"] == BOUNDED)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fits
+# ---------------------------------------------------------------------------------------------
+
+_FIT_KEYS = ("slope", "slope_low", "slope_high", "intercept", "intercept_low", "intercept_high", "r2")
+
+
+def _fit_vars(out, prefix, f, dims, coords, what_x, slope_units, conf):
+    names = {
+        "slope": (f"{prefix} slope", slope_units, f"d ln(tau) / d {what_x} (WLS)"),
+        "slope_low": (f"{prefix} slope, {conf:.0%} lower bound", slope_units, "Student t, n - 2 dof, residual-scaled"),
+        "slope_high": (f"{prefix} slope, {conf:.0%} upper bound", slope_units, "Student t, n - 2 dof, residual-scaled"),
+        "intercept": (f"{prefix} intercept", "ln(steps)", f"ln(tau) at {what_x} = 0 (WLS)"),
+        "intercept_low": (f"{prefix} intercept, {conf:.0%} lower bound", "ln(steps)", "Student t, n - 2 dof"),
+        "intercept_high": (f"{prefix} intercept, {conf:.0%} upper bound", "ln(steps)", "Student t, n - 2 dof"),
+        "r2": (f"{prefix} R^2", "1", "weighted coefficient of determination"),
+    }
+    for k in _FIT_KEYS:
+        out[f"{prefix}_{k}"] = _attrs(xr.DataArray(f[k], coords, dims), *names[k])
+
+
+def fit_temperature(ds: xr.Dataset, cells: xr.Dataset | None = None, conf: float = 0.95) -> xr.Dataset:
+    """Per (steps, batch_size, depth, width) slice: ln tau = a + b / T (`arrhenius_*`) and
+    ln tau = a + b T (`linear_*`), over the slice's bounded cells."""
+    cells = cell_estimates(ds, conf) if cells is None else cells
+    y = _fitted(cells).transpose(*SLICE_DIMS, "T").values
+    sig = _fitted(cells, "ln_tau_sigma").transpose(*SLICE_DIMS, "T").values
+    T = ds["T"].values.astype(float)
+    w = 1.0 / sig ** 2
+    used = np.isfinite(y) & np.isfinite(w)
+    coords = {k: ds[k] for k in SLICE_DIMS}
+    out = xr.Dataset(coords=coords)
+    fa = stats.wls(1.0 / T, y, w, conf)
+    fl = stats.wls(T, y, w, conf)
+    _fit_vars(out, "arrhenius", fa, SLICE_DIMS, coords, "(1/T)", "1", conf)
+    _fit_vars(out, "linear", fl, SLICE_DIMS, coords, "T", "1", conf)
+    Tu = np.where(used, T, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        tmin, tmax = np.nanmin(Tu, axis=-1), np.nanmax(Tu, axis=-1)
+    status = cells["cell_status"].transpose(*SLICE_DIMS, "T").values
+    out["fit_T_min"] = _attrs(xr.DataArray(tmin, coords, SLICE_DIMS), "smallest T fitted", "1", "over bounded cells")
+    out["fit_T_max"] = _attrs(xr.DataArray(tmax, coords, SLICE_DIMS), "largest T fitted", "1", "over bounded cells")
+    out["fit_n_cells"] = _attrs(xr.DataArray(used.sum(-1).astype(np.int64), coords, SLICE_DIMS), "cells fitted", "1",
+                                "cells of the slice that entered the fit (cell_status = 0: n_escaped > 0, exposure > 0)")
+    out["fit_n_unbounded"] = _attrs(xr.DataArray((status != BOUNDED).sum(-1).astype(np.int64), coords, SLICE_DIMS),
+                                    "cells left out", "1", "cells of the slice without a two-sided tau (see cell_status)")
+    return out
+
+
+def fit_batch(ds: xr.Dataset, cells: xr.Dataset | None = None, conf: float = 0.95) -> xr.Dataset | None:
+    """Per (steps, T, depth, width): ln tau = a + b B over batch sizes (`batch_*`); None with one B."""
+    if ds.sizes["batch_size"] < 2:
+        return None
+    cells = cell_estimates(ds, conf) if cells is None else cells
+    dims = ("steps", "T", "depth", "width")
+    y = _fitted(cells).transpose(*dims, "batch_size").values
+    sig = _fitted(cells, "ln_tau_sigma").transpose(*dims, "batch_size").values
+    B = ds["batch_size"].values.astype(float)
+    coords = {k: ds[k] for k in dims}
+    out = xr.Dataset(coords=coords)
+    f = stats.wls(B, y, 1.0 / sig ** 2, conf)
+    _fit_vars(out, "batch", f, dims, coords, "B", "1/data point", conf)
+    out["batch_n_cells"] = _attrs(xr.DataArray(np.asarray(f["n"], np.int64), coords, dims), "cells fitted", "1",
+                                  "bounded cells over batch sizes at this T")
+    return out
+
+
+def ratio_check(ds: xr.Dataset, cells: xr.Dataset | None = None, conf: float = 0.95) -> xr.Dataset | None:
+    """Does T/B alone determine tau? For every T/B value shared by >= 2 (T, B) cells, the spread of
+    ln tau among them and a chi-square test of one common value (using each cell's sigma).
+    None where no two cells share a T/B (a single batch size, or grids that never line up)."""
+    cells = cell_estimates(ds, conf) if cells is None else cells
+    T = ds["T"].values.astype(float)
+    B = ds["batch_size"].values.astype(float)
+    ratio = np.array([[float(f"{t / b:.10g}") for b in B] for t in T])  # (T, B)
+    vals, counts = np.unique(ratio, return_counts=True)
+    shared = vals[counts >= 2]
+    if shared.size == 0:
+        return None
+    dims = ("steps", "depth", "width", "T_over_B")
+    y = _fitted(cells).transpose("steps", "depth", "width", "T", "batch_size").values
+    sig = _fitted(cells, "ln_tau_sigma").transpose("steps", "depth", "width", "T", "batch_size").values
+    shape = y.shape[:3] + (shared.size,)
+    res = {k: np.full(shape, np.nan) for k in ("lo", "hi", "chi2", "p", "mean")}
+    n_cells = np.zeros(shape, np.int64)
+    for g, r in enumerate(shared):
+        iT, iB = np.nonzero(ratio == r)
+        yy = y[..., iT, iB]
+        ww = 1.0 / sig[..., iT, iB] ** 2
+        ok = np.isfinite(yy) & np.isfinite(ww)
+        n = ok.sum(-1)
+        yz, wz = np.where(ok, yy, 0.0), np.where(ok, ww, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = (wz * yz).sum(-1) / wz.sum(-1)
+            chi2 = (wz * (yz - mean[..., None]) ** 2).sum(-1)
+            lo = np.where(ok, yy, np.inf).min(-1)
+            hi = np.where(ok, yy, -np.inf).max(-1)
+        two = n >= 2
+        n_cells[..., g] = n
+        res["mean"][..., g] = np.where(n >= 1, mean, np.nan)
+        res["lo"][..., g] = np.where(n >= 1, lo, np.nan)
+        res["hi"][..., g] = np.where(n >= 1, hi, np.nan)
+        res["chi2"][..., g] = np.where(two, chi2, np.nan)
+        res["p"][..., g] = np.where(two, _st.chi2.sf(chi2, np.maximum(n - 1, 1)), np.nan)
+    coords = {k: ds[k] for k in ("steps", "depth", "width")}
+    coords["T_over_B"] = xr.DataArray(shared, dims=("T_over_B",), attrs=dict(long_name="T / B", units="1"))
+    out = xr.Dataset(coords=coords)
+    out["ratio_n_cells"] = _attrs(xr.DataArray(n_cells, coords, dims), "bounded cells with this T/B", "1",
+                                  "(T, B) cells sharing the ratio whose tau is bounded")
+    out["ratio_ln_tau_mean"] = _attrs(xr.DataArray(res["mean"], coords, dims), "weighted mean ln tau", "ln(steps)",
+                                      "inverse-variance weighted over cells sharing T/B")
+    out["ratio_spread"] = _attrs(xr.DataArray(res["hi"] - res["lo"], coords, dims), "ln tau spread", "ln(steps)",
+                                 "max - min of ln tau among cells sharing T/B (0 if T/B alone set tau)")
+    out["ratio_chi2"] = _attrs(xr.DataArray(res["chi2"], coords, dims), "chi-square of one common ln tau", "1",
+                               "sum ((ln tau - mean) / sigma)^2 over cells sharing T/B, n - 1 dof")
+    out["ratio_p"] = _attrs(xr.DataArray(res["p"], coords, dims), "p-value of one common ln tau", "1",
+                            "small: T/B does not determine tau")
+    return out
+
+
+def memoryless_cells(ds: xr.Dataset) -> xr.Dataset | None:
+    """`stats.memorylessness` for every cell and budget (needs escape_hist); None without it."""
+    if "escape_hist" not in ds or "escape_step_lo" not in ds.coords:
+        return None
+    edges = np.append(ds["escape_step_lo"].values, ds["escape_step_hi"].values[-1]).astype(np.int64)
+    hist = ds["escape_hist"].transpose("T", "batch_size", "depth", "width", "escape_step_bin").values
+    nw = ds["n_walkers"].isel(steps=0).transpose("T", "batch_size", "depth", "width").values
+    nd = (ds["n_diverged"].isel(steps=0).transpose("T", "batch_size", "depth", "width").values
+          if "n_diverged" in ds else 0)
+    keys = ("transient", "transient_fraction", "tail_rate", "p_value", "verdict")
+    res = {k: [] for k in keys}
+    for s in ds["steps"].values:
+        m = stats.memorylessness(hist, edges, nw, nd, budget=min(int(s), int(edges[-1]) - 1))
+        for k in keys:
+            res[k].append(m[k])
+    coords = {k: ds[k] for k in DIMS5}
+    out = xr.Dataset(coords=coords)
+
+    def put(name, key, *a):
+        arr = np.moveaxis(np.asarray(res[key]), 0, 1)  # (steps, T, ...) -> (T, steps, ...)
+        out[name] = _attrs(xr.DataArray(arr, coords, DIMS5), *a)
+
+    put("transient", "transient", "transient length", "steps",
+        "steps before log S(n) becomes linear in n (constant per-step hazard); NaN where no such tail was found")
+    put("transient_fraction", "transient_fraction", "fraction escaped in the transient", "1", "1 - S(transient)")
+    put("tail_rate", "tail_rate", "escape rate after the transient", "1/step", "per-step hazard MLE after the transient")
+    put("memoryless_p", "p_value", "p-value of a constant hazard after the transient", "1",
+        "likelihood-ratio test against a piecewise-constant hazard")
+    put("rate_summary", "verdict", "does the exponential rate summarise the cell", "1",
+        "; ".join(f"{k} = {v}" for k, v in stats.VERDICTS.items())
+        + " (non-exponential: quote median_escape_time)")
+    out["rate_summary"].attrs.update(flag_values=list(stats.VERDICTS),
+                                     flag_meanings="exponential non_exponential too_few_escapes")
+    return out
+
+
+def fit_cube(ds: xr.Dataset, budget=None, conf: float = 0.95, memoryless: bool = True, *,
+             t_range: tuple[float, float] | None = None, exponential_only: bool = False) -> xr.Dataset:
+    """All fits of a cube as one labelled Dataset (what `write_fits` stores in `fits/`).
+
+    By default every cell with a two-sided tau enters the fits. `t_range=(lo, hi)` keeps only
+    lo <= T <= hi; `exponential_only` also leaves out cells whose escape is not memoryless
+    (`stats.memorylessness` verdict 1), where tau is not a rate. Cells left out keep their reason
+    in `cell_status`."""
+    check_cube(ds)
+    ds = _budget_sel(ds, budget)
+    ds = ds.load() if hasattr(ds, "load") else ds
+    cells = cell_estimates(ds, conf)
+    mem = memoryless_cells(ds) if (memoryless or exponential_only) else None
+    status = cells["cell_status"]
+    if t_range is not None:
+        lo, hi = (float(v) for v in t_range)
+        inside = (ds["T"] >= lo * (1 - 1e-9)) & (ds["T"] <= hi * (1 + 1e-9))
+        status = status.where(~((status == BOUNDED) & ~inside), OUTSIDE_T)
+    if exponential_only:
+        if mem is None:
+            raise BadInput("exponential_only: the cube has no escape_hist to test memorylessness with")
+        status = status.where(~((status == BOUNDED) & (mem["rate_summary"] == 1)), NON_EXPONENTIAL)
+    cells["cell_status"] = status.astype(np.int8).assign_attrs(cells["cell_status"].attrs)
+    parts = [cells, fit_temperature(ds, cells, conf)]
+    for extra in (fit_batch(ds, cells, conf), ratio_check(ds, cells, conf), mem):
+        if extra is not None:
+            parts.append(extra)
+    out = xr.merge(parts, compat="override", join="outer", combine_attrs="drop")
+    out.attrs.update(
+        description="escape-sweep fits: ln tau = a + b/T (arrhenius_*), ln tau = a + b T (linear_*) per "
+                    "(steps, batch_size, depth, width); ln tau = a + b B (batch_*) per (steps, T, depth, width); "
+                    "T/B check (ratio_*); memorylessness per cell; cells without a two-sided tau in cell_status",
+        conf=conf, t_range=list(t_range) if t_range is not None else "all",
+        cell_selection="memoryless cells with a two-sided tau" if exponential_only else "cells with a two-sided tau",
+        weights="1 / sigma^2, sigma = (ln tau_high - ln tau_low) / (2 z) from exact chi-square bounds",
+        intervals="Student t with n - 2 dof, covariance scaled by the weighted residual variance",
+        cube_name=str(ds.attrs.get("name", "")), cube_spec_hash=str(ds.attrs.get("spec_hash", "")),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    try:
+        from . import __version__
+        out.attrs["escape_sweep_version"] = __version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage
+# ---------------------------------------------------------------------------------------------
+
+
+def write_fits(fits: xr.Dataset, path) -> None:
+    """Store `fits` as the `fits/` group of the cube at `path` (replacing an older one)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fits.to_zarr(str(path), group=FITS_GROUP, mode="w", zarr_format=3, consolidated=True)
+
+
+def open_fits(path) -> xr.Dataset:
+    """The fits stored in a cube's `fits/` group (by `escape-sweep fit` or `write_fits`)."""
+    text = str(path)
+    if "://" not in text and not (Path(text) / FITS_GROUP / "zarr.json").exists():
+        raise FileNotFoundError(f"{text}: no fits group; run `escape-sweep fit {text}` first")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return xr.open_zarr(text, group=FITS_GROUP, consolidated=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Listings and tables
+# ---------------------------------------------------------------------------------------------
+
+
+def _num(x, digits=4):
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-" if x is None or math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return f"{x:.{digits}g}"
+
+
+def _py(v):
+    v = v.item() if hasattr(v, "item") else v
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def unbounded_cells(fits: xr.Dataset) -> list[dict]:
+    """Every cell left out of the fits (no two-sided tau, or deselected): coordinates, reason and
+    (where nothing escaped) tau's one-sided lower bound."""
+    st = fits["cell_status"].transpose(*DIMS5).values
+    lb = fits["tau_lower_bound"].transpose(*DIMS5).values
+    rows = []
+    for idx in zip(*np.nonzero(st != BOUNDED)):
+        row = {d: _py(fits[d].values[i]) for d, i in zip(DIMS5, idx)}
+        row["reason"] = STATUS[int(st[idx])]
+        row["tau_lower_bound"] = _py(lb[idx])
+        rows.append(row)
+    return rows
+
+
+def fit_records(fits: xr.Dataset, prefix: str) -> list[dict]:
+    """One record per fitted slice: coordinates plus slope/intercept with bounds and R^2."""
+    keys = [f"{prefix}_{k}" for k in _FIT_KEYS]
+    if keys[0] not in fits:
+        return []
+    extra = {"arrhenius": ["fit_n_cells", "fit_n_unbounded", "fit_T_min", "fit_T_max"],
+             "linear": ["fit_n_cells", "fit_n_unbounded", "fit_T_min", "fit_T_max"],
+             "batch": ["batch_n_cells"]}.get(prefix, [])
+    sub = fits[keys + extra]
+    dims = sub[keys[0]].dims
+    rows = []
+    for idx in np.ndindex(*[fits.sizes[d] for d in dims]):
+        row = {d: _py(fits[d].values[i]) for d, i in zip(dims, idx)}
+        for k in keys + extra:
+            row[k.removeprefix(prefix + "_").removeprefix("fit_").removeprefix("batch_")] = _py(
+                sub[k].transpose(*dims).values[idx])
+        rows.append(row)
+    return rows
+
+
+def ratio_records(fits: xr.Dataset) -> list[dict]:
+    if "ratio_spread" not in fits:
+        return []
+    dims = ("steps", "depth", "width", "T_over_B")
+    rows = []
+    for idx in np.ndindex(*[fits.sizes[d] for d in dims]):
+        row = {d: _py(fits[d].values[i]) for d, i in zip(dims, idx)}
+        for k in ("ratio_n_cells", "ratio_ln_tau_mean", "ratio_spread", "ratio_chi2", "ratio_p"):
+            row[k.removeprefix("ratio_")] = _py(fits[k].transpose(*dims).values[idx])
+        rows.append(row)
+    return rows
+
+
+def ratio_summary(fits: xr.Dataset) -> dict | None:
+    """How badly T/B fails to set tau: over T/B groups with >= 2 bounded cells."""
+    rows = [r for r in ratio_records(fits) if (r["n_cells"] or 0) >= 2]
+    if not rows:
+        return None
+    spread = np.array([r["spread"] for r in rows])
+    p = np.array([r["p"] if r["p"] is not None else np.nan for r in rows])
+    chi2 = np.array([r["chi2"] for r in rows])
+    dof = np.array([r["n_cells"] - 1 for r in rows])
+    return dict(groups=len(rows), median_spread=float(np.median(spread)), max_spread=float(spread.max()),
+                median_chi2_per_dof=float(np.median(chi2 / dof)), rejected_at_1pct=int(np.sum(p < 0.01)),
+                tau_factor_median=float(np.exp(np.median(spread))))
+
+
+def memoryless_summary(fits: xr.Dataset) -> dict | None:
+    if "rate_summary" not in fits:
+        return None
+    v = fits["rate_summary"].values
+    run = fits["cell_status"].values != NOT_RUN
+    return {stats.VERDICTS[k]: int(np.sum((v == k) & run)) for k in stats.VERDICTS}
+
+
+def to_json(fits: xr.Dataset) -> dict:
+    out = dict(cube=fits.attrs.get("cube_name", ""), spec_hash=fits.attrs.get("cube_spec_hash", ""),
+               conf=_py(fits.attrs.get("conf", 0.95)),
+               arrhenius=fit_records(fits, "arrhenius"), linear=fit_records(fits, "linear"),
+               batch=fit_records(fits, "batch"), ratio=ratio_records(fits), ratio_summary=ratio_summary(fits),
+               memorylessness=memoryless_summary(fits), unbounded=unbounded_cells(fits))
+    if "rate_summary" in fits:
+        bad = fits["rate_summary"].transpose(*DIMS5).values == 1
+        out["non_exponential"] = [{d: _py(fits[d].values[i]) for d, i in zip(DIMS5, idx)} for idx in zip(*np.nonzero(bad))]
+    return out
+
+
+def _ci(v, lo, hi, digits=4):
+    if v is None:
+        return "-"
+    if lo is None or hi is None:
+        return f"{_num(v, digits)}"
+    return f"{_num(v, digits)} [{_num(lo, digits)}, {_num(hi, digits)}]"
+
+
+def _table(header, rows):
+    cols = list(zip(*([header] + rows))) if rows else [[h] for h in header]
+    widths = [max(len(str(c)) for c in col) for col in cols]
+    line = lambda r: "  ".join(str(c).rjust(w) for c, w in zip(r, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def compact_unbounded(rows: list[dict]) -> list[str]:
+    """Unbounded cells grouped by (steps, batch_size, depth, width, reason), every T value named."""
+    groups: dict = {}
+    for r in rows:
+        key = (r["steps"], r["batch_size"], r["depth"], r["width"], r["reason"])
+        groups.setdefault(key, []).append(r)
+    out = []
+    for (s, b, d, w, reason), rs in groups.items():
+        ts = ", ".join(_num(r["T"], 6) for r in rs)
+        bound = ""
+        lbs = [r["tau_lower_bound"] for r in rs if r["tau_lower_bound"] is not None]
+        if lbs:
+            bound = f"; tau >= {_num(min(lbs), 3)} .. {_num(max(lbs), 3)} steps (one-sided)"
+        out.append(f"steps={s} B={b} depth={_num(d)} width={_num(w)}: {reason} at T = {ts}{bound}")
+    return out
+
+
+def format_table(fits: xr.Dataset) -> str:
+    """The fits as plain-text tables (what `escape-sweep fit` prints)."""
+    conf = float(fits.attrs.get("conf", 0.95))
+    sel = str(fits.attrs.get("cell_selection", "cells with a two-sided tau"))
+    tr = fits.attrs.get("t_range", "all")
+    if not isinstance(tr, str):
+        sel += f", {_num(float(tr[0]))} <= T <= {_num(float(tr[1]))}"
+    parts = [f"escape-sweep fits of {fits.attrs.get('cube_name', '') or 'cube'}  "
+             f"({conf:.0%} intervals; {sel} only, weighted 1/sigma^2 in ln tau)"]
+    for prefix, title, xname in (("arrhenius", "ln tau = a + b / T", "b"), ("linear", "ln tau = a + b T", "b")):
+        rows = fit_records(fits, prefix)
+        body = [[r["steps"], r["batch_size"], _num(r["depth"]), _num(r["width"]),
+                 _ci(r["slope"], r["slope_low"], r["slope_high"]), _ci(r["intercept"], r["intercept_low"], r["intercept_high"]),
+                 _num(r["r2"], 4), f"{_num(r['T_min'])}..{_num(r['T_max'])}", r["n_cells"], r["n_unbounded"]]
+                for r in rows]
+        parts += ["", f"{title}  (per step budget, batch size, depth, width)",
+                  _table(["steps", "B", "depth", "width", f"slope {xname}", "intercept a", "R^2", "T range", "cells", "left out"], body)]
+    rows = fit_records(fits, "batch")
+    if rows:
+        body = [[r["steps"], _num(r["T"]), _num(r["depth"]), _num(r["width"]),
+                 _ci(r["slope"], r["slope_low"], r["slope_high"]), _ci(r["intercept"], r["intercept_low"], r["intercept_high"]),
+                 _num(r["r2"], 4), r["n_cells"]] for r in rows]
+        parts += ["", "ln tau = a + b B  at fixed T", _table(["steps", "T", "depth", "width", "slope b", "intercept a", "R^2", "cells"], body)]
+    else:
+        parts += ["", "ln tau against B: the cube has one batch size"]
+    summ = ratio_summary(fits)
+    if summ:
+        rows = [r for r in ratio_records(fits) if (r["n_cells"] or 0) >= 2]
+        body = [[r["steps"], _num(r["depth"]), _num(r["width"]), _num(r["T_over_B"]), r["n_cells"], _num(r["ln_tau_mean"]),
+                 _num(r["spread"], 3), _num(r["chi2"] / max(r["n_cells"] - 1, 1), 3), _num(r["p"], 2)] for r in rows]
+        parts += ["", "Does T/B alone set tau?  (cells sharing T/B; spread = max - min ln tau)",
+                  _table(["steps", "depth", "width", "T/B", "cells", "mean ln tau", "spread", "chi2/dof", "p"], body),
+                  f"  {summ['groups']} groups: median spread {summ['median_spread']:.3g} e-folds (tau differs by a factor "
+                  f"{summ['tau_factor_median']:.3g}), max {summ['max_spread']:.3g}; median chi2/dof "
+                  f"{summ['median_chi2_per_dof']:.3g}; {summ['rejected_at_1pct']} of {summ['groups']} reject one common tau at 1%"]
+    elif fits.sizes.get("batch_size", 1) > 1:
+        parts += ["", "T/B check: no two (T, B) cells with bounded tau share a T/B value"]
+    ms = memoryless_summary(fits)
+    if ms:
+        parts += ["", "Memorylessness (log S(n) linear after a transient): "
+                  + ", ".join(f"{v} cells {k}" for k, v in ms.items())]
+        if ms.get("non-exponential"):
+            parts.append("  non-exponential cells: quote median_escape_time there, not the rate (list: --format json)")
+    unb = unbounded_cells(fits)
+    parts += ["", f"Cells left out of every fit: {len(unb)}"]
+    parts += ["  " + s for s in compact_unbounded(unb)]
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def add_parser(subparsers) -> None:
+    """Register `fit` with the cli's subparsers."""
+    p = subparsers.add_parser("fit", help="fit ln(escape time) against 1/T, T and B; store them in CUBE/fits",
+                              description="Fits of ln tau against 1/T (Arrhenius) and T per (steps, batch_size, "
+                                          "depth, width), against B at fixed T, the T/B check and memorylessness; "
+                                          "printed and stored in the cube's fits/ group.")
+    p.add_argument("cube", metavar="CUBE", help="path of a cube (a Zarr store made by `escape-sweep run`)")
+    p.add_argument("--budget", type=int, default=None, metavar="N", help="fit only step budget N (default: every budget)")
+    p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
+    p.add_argument("--T-range", dest="t_range", metavar="LO:HI", help="fit only cells with LO <= T <= HI")
+    p.add_argument("--exponential-only", action="store_true",
+                   help="leave out cells whose escape is not memoryless (tau is not a rate there)")
+    p.add_argument("--no-save", action="store_true", help="do not write CUBE/fits")
+    p.set_defaults(func=handler)
+
+
+def parse_range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise BadInput(f"--T-range {text}: expected LO:HI, two numbers (e.g. 0.01:0.02)") from None
+    if not lo <= hi:
+        raise BadInput(f"--T-range {text}: LO must not exceed HI")
+    return lo, hi
+
+
+def handler(args) -> int:
+    from .cli import UsageError
+
+    try:
+        t_range = parse_range(args.t_range) if getattr(args, "t_range", None) else None
+        ds = load_cube(args.cube)
+        fits = fit_cube(ds, budget=args.budget, t_range=t_range,
+                        exponential_only=getattr(args, "exponential_only", False))
+    except BadInput as e:
+        raise UsageError(str(e)) from None
+    if not getattr(args, "no_save", False) and "://" not in str(args.cube):
+        try:
+            write_fits(fits, args.cube)
+        except OSError as e:
+            print(f"escape-sweep: warning: fits not stored in {args.cube}/{FITS_GROUP}: {e}", file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps(to_json(fits), indent=1, allow_nan=False))
+    else:
+        print(format_table(fits))
+    return 0

@@ -1,0 +1,335 @@
+"""One self-contained HTML page about a cube: provenance, the spec, the figures (embedded PNG),
+the fit tables, memorylessness and every cell without a bounded escape time.
+
+    from pipeline import report
+    report.write_report(ds, "report.html", source="results/x.zarr")
+
+Command line: `escape-sweep report CUBE -o report.html [--budget N]`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from . import fits as _fits
+from . import plots
+
+CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0 auto;max-width:1100px;padding:1.5em;
+color:#1d1d1f;line-height:1.4}
+h1{margin-bottom:.1em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+.sub{color:#666;margin-top:0}
+table{border-collapse:collapse;font-size:13px;margin:.6em 0}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;vertical-align:top}
+th{background:#f3f3f5} td.l,th.l{text-align:left}
+pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:12px;border:1px solid #e5e5e5}
+figure{margin:1em 0;border:1px solid #eee;padding:.5em;display:inline-block;max-width:100%}
+figure img{max-width:100%;height:auto} figcaption{font-size:13px;color:#444;max-width:840px}
+.warn{color:#a04000} .muted{color:#777} ul.cells{font-size:13px}
+nav a{margin-right:1em}
+"""
+
+
+FOLD_ROWS = 30  # longer tables are folded into <details>
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=plots.DPI)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _e(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _n(x, digits=4) -> str:
+    if x is None:
+        return "&ndash;"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, float) and not math.isfinite(x):
+        return "&ndash;" if math.isnan(x) else ("&infin;" if x > 0 else "&minus;&infin;")
+    return f"{x:.{digits}g}"
+
+
+def _ci(v, lo, hi) -> str:
+    if v is None:
+        return "&ndash;"
+    if lo is None or hi is None:
+        return _n(v)
+    return f"{_n(v)} <span class=muted>[{_n(lo)}, {_n(hi)}]</span>"
+
+
+def _table(header, rows, left=()) -> str:
+    th = "".join(f"<th class={'l' if i in left else 'r'}>{h}</th>" for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td class={'l' if i in left else 'r'}>{c}</td>" for i, c in enumerate(r)) + "</tr>"
+                   for r in rows)
+    table = f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    if len(rows) > FOLD_ROWS:
+        return f"<details><summary>{len(rows)} rows (click to show)</summary>{table}</details>"
+    return table
+
+
+def _figures(ds: xr.Dataset, budget) -> list[tuple[str, str, str | None]]:
+    """(title, caption, base64 PNG or None with the reason in caption) for every figure."""
+    out = []
+
+    def add(title, caption, make):
+        try:
+            fig = make()
+            out.append((title, caption, _png(fig)))
+        except (plots.PlotError, ValueError, KeyError) as e:
+            out.append((title, f"not drawn: {e}", None))
+
+    add("P(escape) against T", "Probability of escaping within 100 and within 1000 steps (the budgets nearest "
+        "to them), Wilson 95% intervals; B = 1 (smallest batch), depth 1, width 0.1 where present.",
+        lambda: plots.preset_p_escape(ds))
+    add("log10 escape time against T", "Censored exponential MLE of the mean escape time tau = exposure / n_escaped "
+        "with exact chi-square 95% bounds on 0.01 <= T <= 0.02 (all T if fewer than two lie there); dashed: "
+        "ln tau = a + b/T fitted to the plotted cells.", lambda: plots.preset_escape_time(ds))
+    add("log10 escape time, every T", "The whole T axis at the largest budget; triangles: cells where nothing "
+        "escaped (one-sided 95% lower bound).", lambda: plots.plot_cube(
+            ds, "T", "log10_escape_time", hue="batch_size" if ds.sizes["batch_size"] > 1 else None,
+            sel={"steps": int(budget or ds["steps"].max()), **_seed_sel(ds, keep_b=True)}))
+    add("median escape time against T", "Median escape step (NaN where fewer than half escaped): the number to quote "
+        "where the escape is not memoryless.", lambda: plots.plot_cube(
+            ds, "T", "median_escape_time", hue="steps" if ds.sizes["steps"] > 1 else None, sel=_seed_sel(ds)))
+    add("Survival curves", "S(n) from escape_hist for a few T, Kaplan-Meier with 95% Greenwood (log-log) bands; "
+        "a straight line on this semi-log plot is a memoryless (exponential) escape; dotted: the step budgets.",
+        lambda: plots.preset_survival(ds))
+    if ds.sizes["batch_size"] > 1:
+        add("ln tau against batch size", "ln tau against B at a few T (largest budget) with ln tau = a + b B fits.",
+            lambda: plots.preset_batch(ds))
+    if "mfpt" in ds:
+        add("Markov chain against Monte Carlo", "log10 of the Markov chain's mean first-passage time (band: its "
+            "discretisation error estimate) next to the Monte Carlo censored-MLE escape time at the largest budget.",
+            lambda: plots.preset_markov(ds))
+    return out
+
+
+def _seed_sel(ds, keep_b=False):
+    sel = {}
+    for dim, want in (("batch_size", 1), ("depth", 1.0), ("width", 0.1)):
+        if keep_b and dim == "batch_size":
+            continue
+        vals = ds[dim].values.astype(float)
+        close = np.isclose(vals, want)
+        sel[dim] = float(vals[close][0]) if close.any() else float(vals.min() if dim == "batch_size" else vals[0])
+    return sel
+
+
+def _provenance(ds: xr.Dataset, source) -> str:
+    rows = []
+    if source:
+        rows.append(("store", _e(source)))
+    for k, v in ds.attrs.items():
+        if k == "spec":
+            continue
+        if k == "versions":
+            try:
+                v = ", ".join(f"{a} {b}" for a, b in json.loads(v).items())
+            except (TypeError, ValueError):
+                pass
+        rows.append((_e(k), _e(v if not isinstance(v, (list, tuple)) else ", ".join(map(str, v)))))
+    return _table(["attribute", "value"], rows, left=(0, 1))
+
+
+def _axes(ds: xr.Dataset) -> str:
+    rows = []
+    for d in _fits.DIMS5:
+        v = ds[d].values
+        vals = ", ".join(plots._fmt(x) for x in v) if v.size <= 10 else f"{plots._fmt(v.min())} .. {plots._fmt(v.max())}"
+        rows.append((_e(d), v.size, _e(vals)))
+    n = ds["n_walkers"].isel(steps=0).values
+    cells = int(np.prod(n.shape))
+    run = int((n > 0).sum())
+    rows.append(("cells run", f"{run} / {cells}", "" if run == cells else "<span class=warn>partly finished sweep</span>"))
+    if "n_diverged" in ds:
+        nd = int(ds["n_diverged"].isel(steps=0).sum())
+        rows.append(("diverged walkers", nd, "" if nd == 0 else "<span class=warn>counted, never called escaped</span>"))
+    return _table(["axis", "values", ""], rows, left=(0, 2))
+
+
+def _t_tables(f: xr.Dataset, suffix: str = "") -> list[str]:
+    parts = []
+    for prefix, title in (("arrhenius", "ln tau = a + b / T"), ("linear", "ln tau = a + b T")):
+        rows = [[r["steps"], r["batch_size"], _n(r["depth"]), _n(r["width"]), _ci(r["slope"], r["slope_low"], r["slope_high"]),
+                 _ci(r["intercept"], r["intercept_low"], r["intercept_high"]), _n(r["r2"]),
+                 f"{_n(r['T_min'])} &ndash; {_n(r['T_max'])}", r["n_cells"], r["n_unbounded"]]
+                for r in _fits.fit_records(f, prefix)]
+        parts.append(f"<h3>{_e(title)}{suffix}</h3>" + _table(
+            ["steps", "B", "depth", "width", "slope b", "intercept a", "R<sup>2</sup>", "T range", "cells", "left out"], rows))
+    return parts
+
+
+def _window_section(ds: xr.Dataset, budget) -> str:
+    """Fits on the post's window 0.01 <= T <= 0.02 over memoryless cells only."""
+    T = ds["T"].values
+    n_in = int(((T >= 0.01 - 1e-12) & (T <= 0.02 + 1e-12)).sum())
+    if "escape_hist" not in ds or n_in < 3:
+        return ""
+    f = _fits.fit_cube(ds, budget=budget, t_range=(0.01, 0.02), exponential_only=True)
+    return ("<h3>The post's window: 0.01 &le; T &le; 0.02, memoryless cells only</h3>"
+            "<p>The same fits over the cells in the seed post's range whose escape passes the memorylessness check "
+            "(where tau is a rate); compare R<sup>2</sup> of the two laws.</p>"
+            + "\n".join(_t_tables(f, " (window)")))
+
+
+def _fit_section(f: xr.Dataset) -> str:
+    parts = _t_tables(f)
+    rows = _fits.fit_records(f, "batch")
+    if rows:
+        body = [[r["steps"], _n(r["T"]), _n(r["depth"]), _n(r["width"]), _ci(r["slope"], r["slope_low"], r["slope_high"]),
+                 _ci(r["intercept"], r["intercept_low"], r["intercept_high"]), _n(r["r2"]), r["n_cells"]]
+                for r in rows if (r["n_cells"] or 0) >= 2]
+        parts.append("<h3>ln tau = a + b B at fixed T</h3>"
+                     + (_table(["steps", "T", "depth", "width", "slope b", "intercept a", "R<sup>2</sup>", "cells"], body)
+                        if body else "<p>No T with two or more bounded batch sizes.</p>"))
+    summ = _fits.ratio_summary(f)
+    if summ:
+        rows = [r for r in _fits.ratio_records(f) if (r["n_cells"] or 0) >= 2]
+        body = [[r["steps"], _n(r["depth"]), _n(r["width"]), _n(r["T_over_B"]), r["n_cells"], _n(r["ln_tau_mean"]),
+                 _n(r["spread"], 3), _n(r["chi2"] / max(r["n_cells"] - 1, 1), 3), _n(r["p"], 2)] for r in rows]
+        parts.append(
+            "<h3>Does T/B alone set tau?</h3>"
+            f"<p>{summ['groups']} groups of cells share a T/B value. Median spread of ln tau within a group: "
+            f"<b>{summ['median_spread']:.3g}</b> e-folds (tau differs by a factor {summ['tau_factor_median']:.3g}); "
+            f"max {summ['max_spread']:.3g}; median chi<sup>2</sup>/dof {summ['median_chi2_per_dof']:.3g}; "
+            f"{summ['rejected_at_1pct']} of {summ['groups']} groups reject one common tau at 1%.</p>"
+            + _table(["steps", "depth", "width", "T/B", "cells", "mean ln tau", "spread", "chi<sup>2</sup>/dof", "p"], body))
+    elif f.sizes.get("batch_size", 1) > 1:
+        parts.append("<h3>Does T/B alone set tau?</h3><p>No two cells with a bounded tau share a T/B value.</p>")
+    return "\n".join(parts)
+
+
+def _memoryless_section(f: xr.Dataset, ds: xr.Dataset) -> str:
+    ms = _fits.memoryless_summary(f)
+    if not ms:
+        return "<p>The cube has no escape_hist: memorylessness not checked.</p>"
+    parts = ["<p>Per cell and budget: log S(n) tested for linearity (one constant per-step hazard) after a transient. "
+             + ", ".join(f"<b>{v}</b> {k}" for k, v in ms.items()) + ".</p>"]
+    bad = f["rate_summary"].transpose(*_fits.DIMS5).values == 1
+    if bad.any():
+        med = ds["median_escape_time"].transpose(*_fits.DIMS5).values if "median_escape_time" in ds else None
+        rows = []
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d = ds["n_escaped"].transpose(*_fits.DIMS5).values
+            e = ds["exposure"].transpose(*_fits.DIMS5).values
+            ratio = (d / e) / f["tail_rate"].transpose(*_fits.DIMS5).values
+        for idx in zip(*np.nonzero(bad)):
+            c = [f[d].values[i] for d, i in zip(_fits.DIMS5, idx)]
+            rows.append([_n(float(c[0])), int(c[1]), int(c[2]), _n(float(c[3])), _n(float(c[4])),
+                         _n(float(f["transient"].transpose(*_fits.DIMS5).values[idx])),
+                         _n(float(f["transient_fraction"].transpose(*_fits.DIMS5).values[idx]), 3),
+                         _n(float(ratio[idx]), 3),
+                         _n(float(med[idx])) if med is not None else "&ndash;"])
+        parts.append("<p>Cells where the exponential rate is a poor summary (quote the median escape time there). "
+                     "Flagged when no constant-hazard tail is found (transient &ndash;), when the transient holds more "
+                     "than 25% of the walkers, or when the overall rate n_escaped/exposure and the tail rate differ by "
+                     "more than a factor 1.25:</p>"
+                     + _table(["T", "steps", "B", "depth", "width", "transient [steps]", "escaped in transient",
+                               "rate / tail rate", "median escape time"], rows))
+    return "\n".join(parts)
+
+
+def _unbounded_section(f: xr.Dataset) -> str:
+    rows = _fits.unbounded_cells(f)
+    if not rows:
+        return "<p>Every cell has a two-sided escape time.</p>"
+    lines = _fits.compact_unbounded(rows)
+    return (f"<p>{len(rows)} cells have no two-sided estimate of tau and are left out of every fit:</p>"
+            "<ul class=cells>" + "".join(f"<li>{_e(s)}</li>" for s in lines) + "</ul>")
+
+
+def render_report(ds: xr.Dataset, source=None, budget=None) -> tuple[str, list[str]]:
+    """The HTML text and the titles of the embedded figures."""
+    _fits.check_cube(ds, str(source or "dataset"))
+    ds = ds.load()
+    f = _fits.fit_cube(ds, budget=budget)
+    figs = _figures(ds, budget)
+    name = ds.attrs.get("name", "") or (Path(str(source)).stem if source else "cube")
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    fig_html = []
+    for i, (title, caption, b64) in enumerate(figs, 1):
+        if b64 is None:
+            fig_html.append(f"<p class=warn>Figure {i} ({_e(title)}): {_e(caption)}</p>")
+        else:
+            fig_html.append(f'<figure><img alt="{_e(title)}" src="data:image/png;base64,{b64}">'
+                            f"<figcaption><b>Figure {i}. {_e(title)}.</b> {_e(caption)}</figcaption></figure>")
+    body = f"""
+<h1>escape-sweep report: {_e(name)}</h1>
+<p class=sub>{_e(source or '')} &middot; spec hash {_e(ds.attrs.get('spec_hash', '?'))} &middot; report made {now}</p>
+<nav><a href="#axes">Axes</a><a href="#figures">Figures</a><a href="#fits">Fits</a><a href="#memory">Memorylessness</a>
+<a href="#unbounded">Unbounded cells</a><a href="#prov">Provenance</a><a href="#spec">Spec</a></nav>
+<h2 id=axes>Axes</h2>
+{_axes(ds)}
+<h2 id=figures>Figures</h2>
+{''.join(fig_html)}
+<h2 id=fits>Fits</h2>
+<p>Weighted least squares of ln tau over cells whose tau is bounded on both sides (n_escaped &gt; 0), weights
+1/sigma<sup>2</sup> with sigma = (ln tau<sub>high</sub> &minus; ln tau<sub>low</sub>)/(2&middot;1.96) from the exact
+chi-square bounds; 95% intervals from Student's t with n &minus; 2 dof. Stored by <code>escape-sweep fit</code> in the
+cube's <code>fits/</code> group.</p>
+{_fit_section(f)}
+{_window_section(ds, budget)}
+<h2 id=memory>Memorylessness</h2>
+{_memoryless_section(f, ds)}
+<h2 id=unbounded>Cells without a bounded escape time</h2>
+{_unbounded_section(f)}
+<h2 id=prov>Provenance</h2>
+{_provenance(ds, source)}
+<h2 id=spec>Spec</h2>
+<pre>{_e(ds.attrs.get('spec', '(no spec attribute)'))}</pre>
+"""
+    page = (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>escape-sweep report: {_e(name)}</title>"
+            f"<meta name=viewport content='width=device-width, initial-scale=1'><style>{CSS}</style></head>"
+            f"<body>{body}</body></html>\n")
+    return page, [t for t, _, b in figs if b is not None]
+
+
+def write_report(ds: xr.Dataset, out, source=None, budget=None) -> list[str]:
+    """Write the report to `out`; returns the titles of the figures embedded."""
+    out = Path(out)
+    if not out.parent.exists():
+        raise plots.PlotError(f"-o {out}: directory {out.parent} does not exist")
+    page, titles = render_report(ds, source, budget)
+    out.write_text(page, encoding="utf-8")
+    return titles
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def add_parser(subparsers) -> None:
+    """Register `report` with the cli's subparsers."""
+    p = subparsers.add_parser("report", help="one self-contained HTML page: figures, fits, provenance, spec",
+                              description="Write a self-contained HTML report of a cube (figures embedded as PNG).")
+    p.add_argument("cube", metavar="CUBE", help="path of a cube (a Zarr store made by `escape-sweep run`)")
+    p.add_argument("-o", "--output", required=True, metavar="HTML", help="output file (report.html)")
+    p.add_argument("--budget", type=int, default=None, metavar="N", help="fits for step budget N only (default: all)")
+    p.set_defaults(func=handler)
+
+
+def handler(args) -> int:
+    from .cli import UsageError
+
+    try:
+        ds = _fits.load_cube(args.cube)
+        titles = write_report(ds, args.output, source=args.cube, budget=args.budget)
+    except (plots.PlotError, _fits.BadInput) as e:
+        raise UsageError(str(e)) from None
+    print(f"{args.output} ({len(titles)} figures)")
+    return 0
+

@@ -1,0 +1,115 @@
+"""Synthetic cubes shaped like the lead's writer makes them (DESIGN.md section 3), from a known law.
+
+Escape steps of each cell's walkers are drawn geometric with mean tau(T, B, depth, width) (plus an
+optional delay before which nobody escapes), then reduced with the project's own `summarize` and
+`histogram_edges`, so counts, exposure and the histogram relate exactly as in a real cube.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import xarray as xr
+
+from pipeline import stats
+from pipeline.task import histogram_edges, summarize
+
+DIMS5 = ("T", "steps", "batch_size", "depth", "width")
+
+SPEC = """name = "synthetic"
+seed = 7
+walkers = {walkers}
+
+[axes]
+T = {T}
+steps = {steps}
+batch_size = {B}
+depth = {depth}
+width = {width}
+"""
+
+
+def arrhenius(a=-2.0, b=0.1, c=0.0):
+    """ln tau = a + b / T + c * (B - 1)."""
+    return lambda T, B, d, w: a + b / T + c * (B - 1)
+
+
+def synthetic_cube(T, steps=(100, 1000), batch_size=(1,), depth=(1.0,), width=(0.1,), walkers=2000,
+                   seed=0, ln_tau=None, delay=0, not_run=(), diverged=0) -> xr.Dataset:
+    """Build an in-memory cube. `not_run` lists (iT, iB, iD, iW) cells left unwritten (n_walkers 0),
+    as a partly finished sweep leaves them; `diverged` walkers per cell are marked -2."""
+    ln_tau = ln_tau or arrhenius()
+    rng = np.random.default_rng(seed)
+    T = np.asarray(T, float)
+    steps = np.asarray(steps, np.int64)
+    B = np.asarray(batch_size, np.int64)
+    D = np.asarray(depth, float)
+    W = np.asarray(width, float)
+    smax = int(steps.max())
+    edges = histogram_edges(smax, steps)
+    nb = len(edges) - 1
+    cshape = (len(T), len(B), len(D), len(W))
+    n_w = np.zeros(cshape, np.int64)
+    n_d = np.zeros(cshape, np.int64)
+    n_e = np.zeros(cshape + (len(steps),), np.int64)
+    expo = np.zeros(cshape + (len(steps),), np.int64)
+    hist = np.zeros(cshape + (nb,), np.int64)
+    for idx in np.ndindex(*cshape):
+        if idx in not_run:
+            continue
+        i, j, k, m = idx
+        tau = float(np.exp(ln_tau(T[i], B[j], D[k], W[m])))
+        q = min(1.0, 1.0 / max(tau - delay, 1.0))
+        esc = delay + rng.geometric(q, walkers).astype(np.int64)
+        esc[esc > smax] = -1
+        esc[:diverged] = -2
+        s = summarize(esc, steps, edges)
+        n_w[idx], n_d[idx], n_e[idx], expo[idx], hist[idx] = (s["n_walkers"], s["n_diverged"], s["n_escaped"],
+                                                             s["exposure"], s["hist"])
+    n5 = np.repeat(n_w[..., None], len(steps), -1)
+    p, plo, phi = stats.wilson(n_e, n5)
+    rate = stats.censored_rate(n_e, expo)[0]
+    lt, ltlo, lthi = stats.log10_escape_time(n_e, expo)
+    med = stats.grouped_median(hist, edges, n_w)
+    med = np.where(n_e >= (n5 + 1) // 2, med[..., None], np.nan)
+    coords = dict(T=T, steps=steps, batch_size=B, depth=D, width=W,
+                  escape_step_lo=("escape_step_bin", edges[:-1].astype(np.int64)),
+                  escape_step_hi=("escape_step_bin", edges[1:].astype(np.int64)))
+    ds = xr.Dataset(coords=coords)
+    units = dict(n_walkers="1", n_escaped="1", n_diverged="1", exposure="walker-steps", p_escape="1",
+                 p_escape_low="1", p_escape_high="1", escape_rate="1/step", log10_escape_time="log10(steps)",
+                 log10_escape_time_low="log10(steps)", log10_escape_time_high="log10(steps)",
+                 median_escape_time="steps")
+    values = dict(n_walkers=n5, n_escaped=n_e, n_diverged=np.repeat(n_d[..., None], len(steps), -1), exposure=expo,
+                  p_escape=p, p_escape_low=plo, p_escape_high=phi, escape_rate=rate, log10_escape_time=lt,
+                  log10_escape_time_low=ltlo, log10_escape_time_high=lthi, median_escape_time=med)
+    for name, v in values.items():
+        ds[name] = (DIMS5, np.moveaxis(v, -1, 1))
+        ds[name].attrs.update(long_name=name.replace("_", " "), units=units[name], description=f"synthetic {name}")
+    ds["escape_hist"] = (("T", "batch_size", "depth", "width", "escape_step_bin"), hist)
+    ds["escape_hist"].attrs.update(long_name="escape-step histogram", units="walkers", description="synthetic")
+    ds["w_start"] = (("depth", "width"), np.full((len(D), len(W)), 1.0037))
+    ds["w_barrier"] = (("depth", "width"), np.full((len(D), len(W)), 1.1960))
+    for name in ("w_start", "w_barrier"):
+        ds[name].attrs.update(long_name=name, units="W", description="synthetic geometry")
+    spec = SPEC.format(walkers=walkers, T=list(T.tolist()), steps=list(steps.tolist()), B=list(B.tolist()),
+                       depth=list(D.tolist()), width=list(W.tolist()))
+    ds.attrs.update(format="escape-sweep-cube-1", name="synthetic", spec=spec, spec_hash="0" * 16, seed=int(seed),
+                    walkers=walkers, method="mc", model="ln tau = a + b / T (synthetic)",
+                    versions=json.dumps({"escape-sweep": "test"}), created="2026-01-01T00:00:00+00:00",
+                    completed="2026-01-01T00:01:00+00:00")
+    return ds
+
+
+def write_cube(ds: xr.Dataset, path) -> str:
+    """Write like the lead's writer: Zarr v3, then consolidated metadata."""
+    import warnings
+
+    import zarr
+
+    ds.to_zarr(str(path), mode="w", zarr_format=3, consolidated=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(path))
+    return str(path)
