@@ -34,11 +34,14 @@ def _cluster_options(args):
     if args.scheduler and args.cluster != "local":
         raise UsageError(f"--scheduler {args.scheduler} and --cluster {args.cluster}: give one or the other")
     security = make_security(args.tls_ca_file, args.tls_cert, args.tls_key)
+    if args.jobqueue_config and args.cluster == "local":
+        raise UsageError(f"--jobqueue-config {args.jobqueue_config}: only with --cluster slurm or pbs")
     return ClusterOptions(scheduler=args.scheduler, cluster=args.cluster, n_workers=args.workers,
-                          jobs=args.jobs, security=security)
+                          jobs=args.jobs, security=security, jobqueue_config=args.jobqueue_config)
 
 
 def _run(args) -> int:
+    from .lock import LockedError
     from .runner import RunOptions, run_sweep
 
     spec = _load(args)
@@ -57,6 +60,9 @@ def _run(args) -> int:
         return 130
     except UsageError:
         raise
+    except LockedError as e:
+        print(f"escape-sweep: {e}", file=sys.stderr)
+        return 1
     except Exception as e:  # a failure at run time: one line, the store keeps what was finished
         path = args.output or spec.output
         print(f"escape-sweep: run failed: {type(e).__name__}: {e}; finished chunks are kept in {path} "
@@ -237,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where workers come from when no --scheduler is given (default: local)")
     r.add_argument("--workers", type=int, help="local cluster: worker processes (default: one per core)")
     r.add_argument("--jobs", type=int, help="batch clusters: number of jobs to scale to")
+    r.add_argument("--jobqueue-config", metavar="YAML",
+                   help="batch clusters: dask-jobqueue settings (default: $ESCAPE_SWEEP_JOBQUEUE, then cluster/<kind>/jobqueue.yaml)")
     r.add_argument("--overwrite", action="store_true", help="replace a store made from a different spec")
     r.add_argument("--retries", type=int, default=2, help="re-runs of a task that raised (default 2)")
     r.add_argument("--tls-ca-file", help="CA certificate (PEM) for TLS to the scheduler")

@@ -67,10 +67,11 @@ class Summary:
                 f"tasks submitted {self.tasks_submitted}")
 
 
-def prepare_store(spec: Spec, path: str, opts: RunOptions) -> tuple[int, int, int, int]:
-    """Create the store, or check that an existing one belongs to this spec. Returns chunk shape.
+def check_store(spec: Spec, path: str, opts: RunOptions) -> tuple[int, int, int, int] | None:
+    """Chunk shape of an existing store of this spec (resume), or None if one must be created.
 
-    A store from another spec (or a non-cube directory) is refused unless overwrite is set."""
+    A store from another spec (or a non-cube directory) is refused unless overwrite is set.
+    Nothing is written here, so a refusal leaves the disk as it was."""
     from .cli import UsageError
 
     p = Path(path)
@@ -84,11 +85,10 @@ def prepare_store(spec: Spec, path: str, opts: RunOptions) -> tuple[int, int, in
                     f"{path}: store was made from a different spec (name {attrs.get('name')!r}, hash "
                     f"{str(attrs.get('spec_hash'))[:12]} != {spec.content_hash[:12]}); use --overwrite to replace it "
                     "or [output] path / --output to write elsewhere")
-        elif any(p.iterdir()) and not opts.overwrite:
-            raise UsageError(f"{path}: exists and is not an escape-sweep cube; use --overwrite to replace it")
-    chunks = partition.chunk_shape(spec, opts.task_seconds)
-    cube.create(p, spec, chunks)
-    return chunks
+        elif not p.is_dir() or any(p.iterdir()):
+            if not opts.overwrite:
+                raise UsageError(f"{path}: exists and is not an escape-sweep cube; use --overwrite to replace it")
+    return None
 
 
 class _Progress:
@@ -131,35 +131,58 @@ def _sum_blocks(parts: list[dict]) -> dict:
 
 
 def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output: str | None = None, yes: bool = False) -> Summary:
-    """Run (or resume) a sweep and return its Summary. The store is `output` or the spec's path."""
+    """Run (or resume) a sweep and return its Summary. The store is `output` or the spec's path.
+
+    Order: take the store lock (a second run on the store is refused), check the store against
+    the spec, connect to the workers, and only then create the store -- so a refused spec or
+    an unreachable scheduler writes nothing."""
+    from .lock import StoreLock
+
     opts = opts or RunOptions()
     spec = spec_or_path if isinstance(spec_or_path, Spec) else load_spec(spec_or_path, output=output, yes=yes)
-    path = output or spec.output
+    path = str(output or spec.output)
     t0 = time.perf_counter()
-    chunks = prepare_store(spec, path, opts)
-    group = cube.open_group(path)
-    done = cube.done_mask(group)
-    pending = [tuple(int(i) for i in idx) for idx in zip(*np.nonzero(~done))]
-    done_before = int(done.sum())
-    if opts.max_chunks is not None:
-        pending = pending[: opts.max_chunks]
-    pits = spec.pits()
-    edges = np.asarray(cube._edges(spec))
-    summary = Summary(path=str(path), cells=spec.n_cells, walkers=spec.n_cells * spec.walkers,
-                      chunks_total=int(done.size), chunks_done_before=done_before, chunks_computed=0,
-                      tasks_submitted=0, walker_steps=0, wall_seconds=0.0, complete=False)
-    if pending:
-        _compute(spec, path, group, chunks, pending, pits, edges, opts, summary)
-    summary.complete = bool(cube.done_mask(group).all())
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with StoreLock(path):
+        chunks = check_store(spec, path, opts)
+        if chunks is not None:
+            done = cube.done_mask(cube.open_group(path, mode="r"))
+        else:
+            chunks = partition.chunk_shape(spec, opts.task_seconds)
+            done = np.zeros(partition.chunk_grid(spec, chunks), bool)
+        pending = [tuple(int(i) for i in idx) for idx in zip(*np.nonzero(~done))]
+        if opts.max_chunks is not None:
+            pending = pending[: opts.max_chunks]
+        summary = Summary(path=path, cells=spec.n_cells, walkers=spec.n_cells * spec.walkers,
+                          chunks_total=int(done.size), chunks_done_before=int(done.sum()), chunks_computed=0,
+                          tasks_submitted=0, walker_steps=0, wall_seconds=0.0, complete=False)
+        if pending:
+            with open_client(opts.cluster) as client:
+                if needs_new_store(spec, path, opts):
+                    cube.create(path, spec, chunks)
+                _compute(client, spec, path, cube.open_group(path), chunks, pending, opts, summary)
+        summary.complete = bool(cube.done_mask(cube.open_group(path, mode="r")).all())
+        if summary.complete:
+            attrs = cube.read_attrs(path)
+            if pending or not attrs.get("completed"):
+                cube.set_attrs(path, completed=cube._now())
     summary.wall_seconds = time.perf_counter() - t0
-    if summary.complete:
-        attrs = cube.read_attrs(path)
-        cube.set_attrs(path, completed=cube._now() if pending or not attrs.get("completed") else attrs["completed"])
     return summary
 
 
-def _compute(spec, path, group, chunks, pending, pits, edges, opts, summary):
+def needs_new_store(spec: Spec, path: str, opts: RunOptions) -> bool:
+    """A new store is needed: none there, or a different spec's (or a non-cube) with overwrite."""
+    p = Path(path)
+    if not cube.is_cube(p):
+        return True
+    return cube.read_attrs(p).get("spec_hash") != spec.content_hash or opts.overwrite
+
+
+def _compute(client, spec, path, group, chunks, pending, opts, summary):
     from distributed import as_completed
+
+    pits = spec.pits()
+    edges = np.asarray(cube._edges(spec))
 
     def tasks():
         for idx in pending:
@@ -167,50 +190,49 @@ def _compute(spec, path, group, chunks, pending, pits, edges, opts, summary):
 
     todo = tasks()
     progress = _Progress(len(pending), opts.progress)
-    with open_client(opts.cluster) as client:
-        summary.dashboard = client.dashboard_link
-        if opts.progress:
-            print(f"escape-sweep: {spec.name}: {len(pending)} chunks to compute "
-                  f"({summary.chunks_done_before} already done) on {client.scheduler.address}", file=sys.stderr)
-            print(f"escape-sweep: dashboard {client.dashboard_link}", file=sys.stderr, flush=True)
-        nthreads = sum(client.nthreads().values()) or 1
-        window = opts.window or 2 * nthreads + 2
-        summary.workers, summary.window = nthreads, window
-        t_start = time.perf_counter()
-        tag = spec.content_hash[:10]
-        ac = as_completed()
-        blocks: dict[tuple, list] = {}
+    summary.dashboard = client.dashboard_link
+    if opts.progress:
+        print(f"escape-sweep: {spec.name}: {len(pending)} chunks to compute "
+              f"({summary.chunks_done_before} already done) on {client.scheduler.address}", file=sys.stderr)
+        print(f"escape-sweep: dashboard {client.dashboard_link}", file=sys.stderr, flush=True)
+    nthreads = sum(client.nthreads().values()) or 1
+    window = opts.window or 2 * nthreads + 2
+    summary.workers, summary.window = nthreads, window
+    t_start = time.perf_counter()
+    tag = spec.content_hash[:10]
+    ac = as_completed()
+    blocks: dict[tuple, list] = {}
 
-        def submit_next() -> bool:
-            t = next(todo, None)
-            if t is None:
-                return False
-            key = f"escape-sweep-chunk-{tag}-{'.'.join(map(str, t.chunk))}-b{t.block}"
-            ac.add(client.submit(run_task, t, key=key, retries=opts.retries, pure=False))
-            summary.tasks_submitted += 1
-            blocks.setdefault(t.chunk, [None] * t.n_blocks)
-            return True
+    def submit_next() -> bool:
+        t = next(todo, None)
+        if t is None:
+            return False
+        key = f"escape-sweep-chunk-{tag}-{'.'.join(map(str, t.chunk))}-b{t.block}"
+        ac.add(client.submit(run_task, t, key=key, retries=opts.retries, pure=False))
+        summary.tasks_submitted += 1
+        blocks.setdefault(t.chunk, [None] * t.n_blocks)
+        return True
 
-        for _ in range(window):
-            if not submit_next():
-                break
-        try:
-            for fut in ac:
-                res = fut.result()
-                fut.release()
-                parts = blocks[res["chunk"]]
-                parts[res["block"]] = res
-                summary.walker_steps += res["walker_steps"]
-                summary.kernel_seconds += res["kernel_seconds"]
-                if all(p is not None for p in parts):
-                    del blocks[res["chunk"]]
-                    sl = partition.chunk_slices(spec, chunks, res["chunk"])
-                    cube.write_chunk(group, sl, _sum_blocks(parts), edges, spec.method)
-                    cube.mark_done(group, res["chunk"])
-                    summary.chunks_computed += 1
-                submit_next()
-                progress.update(summary.chunks_computed, summary.walker_steps)
-            progress.update(summary.chunks_computed, summary.walker_steps, force=True)
-            summary.compute_seconds = time.perf_counter() - t_start
-        finally:
-            progress.close()
+    for _ in range(window):
+        if not submit_next():
+            break
+    try:
+        for fut in ac:
+            res = fut.result()
+            fut.release()
+            parts = blocks[res["chunk"]]
+            parts[res["block"]] = res
+            summary.walker_steps += res["walker_steps"]
+            summary.kernel_seconds += res["kernel_seconds"]
+            if all(p is not None for p in parts):
+                del blocks[res["chunk"]]
+                sl = partition.chunk_slices(spec, chunks, res["chunk"])
+                cube.write_chunk(group, sl, _sum_blocks(parts), edges, spec.method)
+                cube.mark_done(group, res["chunk"])
+                summary.chunks_computed += 1
+            submit_next()
+            progress.update(summary.chunks_computed, summary.walker_steps)
+        progress.update(summary.chunks_computed, summary.walker_steps, force=True)
+        summary.compute_seconds = time.perf_counter() - t_start
+    finally:
+        progress.close()

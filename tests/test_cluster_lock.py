@@ -168,15 +168,6 @@ def test_object_store_urls_are_not_locked(tmp_path, capsys):
     assert "not locked out" in capsys.readouterr().err
 
 
-def _runner_takes_the_lock():
-    import inspect
-
-    from pipeline import runner
-
-    return "StoreLock" in inspect.getsource(runner)
-
-
-@pytest.mark.skipif(not _runner_takes_the_lock(), reason="runner does not take the store lock yet")
 def test_two_runs_on_one_store_refuse_each_other_and_a_killed_run_is_taken_over(tmp_path, procs):
     from conftest import write_spec
     from pipeline import cube

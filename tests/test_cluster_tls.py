@@ -160,7 +160,6 @@ def test_client_without_tls_cannot_connect(tls_cluster, tmp_path):
         "and --tls-key"]
 
 
-@pytest.mark.xfail(reason="runner: prepare_store creates the store before open_client connects", strict=False)
 def test_refused_client_writes_nothing(tls_cluster, tmp_path):
     f = write_spec(tmp_path, name="plain", walkers=100)
     r = _run_cli(["run", str(f), "--scheduler", tls_cluster.replace("tls://", "tcp://"), "-q"], tmp_path)
