@@ -172,7 +172,8 @@ def test_two_runs_on_one_store_refuse_each_other_and_a_killed_run_is_taken_over(
     from conftest import write_spec
     from pipeline import cube
 
-    f = write_spec(tmp_path, name="l", walkers=10000, T="{start = 0.006, stop = 0.009, num = 16}",
+    # ~10 s of kernel work on one worker: the second run must find the first still running
+    f = write_spec(tmp_path, name="l", walkers=20000, T="{start = 0.006, stop = 0.009, num = 48}",
                    steps="[100, 10000]", batch_size="[1]")
     store = tmp_path / "l.zarr"
     env = os.environ | {"PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}

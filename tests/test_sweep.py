@@ -145,7 +145,8 @@ def _wait_chunks(store, at_least, proc, timeout=120):
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_interrupted_run_resumes_to_the_same_cube(tmp_path, cluster2, sig):
-    kw = dict(walkers=10000, T="{start = 0.006, stop = 0.009, num = 16}", steps="[100, 10000]", batch_size="[1]")
+    # ~6 s of kernel work on one worker, so the kill lands mid-sweep even on a slow machine
+    kw = dict(walkers=16000, T="{start = 0.006, stop = 0.009, num = 32}", steps="[100, 10000]", batch_size="[1]")
     f = write_spec(tmp_path, name="r", **kw)
     store = tmp_path / "r.zarr"
     p = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(f), "--workers", "1", "--task-seconds", "0.2"],
