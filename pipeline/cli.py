@@ -1,4 +1,5 @@
-"""The `escape-sweep` command line (argparse). Exit codes: 0 done, 2 bad input, 1 run-time failure.
+"""The `escape-sweep` command line (argparse). Exit codes: 0 done, 2 bad input, 1 run-time failure,
+130 interrupted (finished chunks are kept; the same `run` resumes).
 
 Bad input is one line on stderr (file, key, value, what is allowed) and exit 2 before any compute.
 """
@@ -7,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from pathlib import Path
 
 
 class UsageError(Exception):
@@ -55,8 +58,11 @@ def _run(args) -> int:
         summary = run_sweep(spec, opts, output=args.output)
     except KeyboardInterrupt:
         path = args.output or spec.output
-        print(f"\nescape-sweep: interrupted; finished chunks are kept in {path}: "
-              f"`escape-sweep status {path}` shows them, the same `run` resumes", file=sys.stderr)
+        if _is_cube(path):
+            print(f"\nescape-sweep: interrupted; finished chunks are kept in {path}: "
+                  f"`escape-sweep status {path}` shows them, the same `run` resumes", file=sys.stderr)
+        else:
+            print("\nescape-sweep: interrupted before the store was created; nothing was written", file=sys.stderr)
         return 130
     except UsageError:
         raise
@@ -65,34 +71,48 @@ def _run(args) -> int:
         return 1
     except Exception as e:  # a failure at run time: one line, the store keeps what was finished
         path = args.output or spec.output
-        print(f"escape-sweep: run failed: {type(e).__name__}: {e}; finished chunks are kept in {path} "
-              "and the same `run` resumes", file=sys.stderr)
+        kept = (f"; finished chunks are kept in {path} and the same `run` resumes" if _is_cube(path)
+                else "; nothing was written")
+        print(f"escape-sweep: run failed: {type(e).__name__}: {e}{kept}", file=sys.stderr)
         return 1
     print(summary.line())
     return 0
 
 
-def _validate(args) -> int:
-    from . import partition
+def _is_cube(path) -> bool:
+    from .cube import is_cube
 
-    spec = _load(args)
-    chunks = partition.chunk_shape(spec, args.task_seconds)
-    grid = partition.chunk_grid(spec, chunks)
-    n_chunks = 1
-    for g in grid:
-        n_chunks *= g
-    blocks = len(partition.walker_blocks(spec, chunks, args.task_seconds))
-    info = dict(spec=args.spec, name=spec.name, output=args.output or spec.output, method=spec.method,
-                axes={a: len(v) for a, v in spec.axes.items()}, cells=spec.n_cells, walkers_per_cell=spec.walkers,
-                chunk_shape=list(chunks), chunks=n_chunks, tasks=n_chunks * blocks,
-                walker_steps_upper_bound=spec.walker_steps_bound,
-                estimated_core_seconds_upper_bound=spec.walker_steps_bound / partition.KERNEL_RATE,
-                spec_hash=spec.content_hash)
+    return is_cube(path)
+
+
+def _validate(args) -> int:
+    """Check each spec; print grid, chunking, tasks and a work bound. Exit 2 at the first bad one."""
+    from . import partition
+    from .spec import SpecError, load_spec
+
+    reports = []
+    for path in args.spec:
+        try:
+            spec = load_spec(path, output=args.output, yes=args.yes)
+        except SpecError as e:
+            raise UsageError(str(e)) from None
+        chunks = partition.chunk_shape(spec, args.task_seconds)
+        n_chunks = math.prod(partition.chunk_grid(spec, chunks))
+        blocks = len(partition.walker_blocks(spec, chunks, args.task_seconds))
+        reports.append(dict(
+            spec=path, name=spec.name, output=args.output or spec.output, method=spec.method,
+            axes={a: len(v) for a, v in spec.axes.items()}, cells=spec.n_cells, walkers_per_cell=spec.walkers,
+            chunk_shape=list(chunks), chunks=n_chunks, tasks=n_chunks * blocks,
+            walker_steps_upper_bound=spec.walker_steps_bound,
+            estimated_core_seconds_upper_bound=spec.walker_steps_bound / partition.KERNEL_RATE,
+            spec_hash=spec.content_hash))
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
     else:
-        for k, v in info.items():
-            print(f"{k:>36}: {v}")
+        for info in reports:
+            for k, v in info.items():
+                print(f"{k:>36}: {v}")
+            print()
     return 0
 
 
@@ -153,54 +173,18 @@ def _fmt_range(vals) -> str:
     return f"{vals[0]:g}" if len(vals) == 1 else f"{vals[0]:g}..{vals[-1]:g}"
 
 
-def _parse_pairs(items, flag):
-    out = []
-    for it in items or []:
-        if "=" not in it:
-            raise UsageError(f"{flag} {it!r}: expected dim=value")
-        k, v = it.split("=", 1)
-        out.append((k.strip(), v.strip()))
-    return out
-
-
-def select(ds, sel_items=(), range_items=()):
-    """Apply --sel dim=value (nearest, within 1e-9 relative) and --range dim=lo:hi to a Dataset."""
-    for dim, raw in _parse_pairs(sel_items, "--sel"):
-        if dim not in ds.dims:
-            raise UsageError(f"--sel {dim}={raw}: unknown dimension; allowed: {', '.join(map(str, ds.dims))}")
-        coord = ds[dim].values
-        try:
-            val = float(raw)
-        except ValueError:
-            raise UsageError(f"--sel {dim}={raw}: not a number") from None
-        i = int(abs(coord - val).argmin())
-        if abs(coord[i] - val) > 1e-9 * max(1.0, abs(val)):
-            raise UsageError(f"--sel {dim}={raw}: no such value; {dim} has {', '.join(f'{c:g}' for c in coord)}")
-        ds = ds.isel({dim: i})
-    for dim, raw in _parse_pairs(range_items, "--range"):
-        if dim not in ds.dims:
-            raise UsageError(f"--range {dim}={raw}: unknown dimension; allowed: {', '.join(map(str, ds.dims))}")
-        try:
-            lo, hi = (float(x) if x else None for x in raw.split(":", 1))
-        except ValueError:
-            raise UsageError(f"--range {dim}={raw}: expected lo:hi (either may be empty)") from None
-        c = ds[dim]
-        mask = True
-        if lo is not None:
-            mask = mask & (c >= lo)
-        if hi is not None:
-            mask = mask & (c <= hi)
-        ds = ds.sel({dim: c[mask].values})
-    return ds
-
-
 def _query(args) -> int:
     ds = _open(args.store)
     names = args.var or ["p_escape", "log10_escape_time"]
     for v in names:
         if v not in ds.data_vars:
             raise UsageError(f"--var {v}: no such variable; the cube has {', '.join(sorted(ds.data_vars))}")
-    sub = select(ds[names], args.sel, args.range).compute()
+    from .select import SelectionError, apply_range, apply_sel, parse_sel
+
+    try:
+        sub = apply_range(apply_sel(ds[names], parse_sel(args.sel)), args.range).compute()
+    except SelectionError as e:
+        raise UsageError(str(e)) from None
     from .cube import DIMS5
 
     df = sub.to_dataframe().reset_index()
@@ -254,8 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-chunks", type=int, help=argparse.SUPPRESS)
     r.set_defaults(func=_run)
 
-    v = sub.add_parser("validate", help="check a spec; print grid size, tasks and work, compute nothing")
-    _add_run_options(v)
+    v = sub.add_parser("validate", help="check specs; print grid size, tasks and work, compute nothing")
+    v.add_argument("spec", nargs="+", help="sweep spec(s) (TOML)")
+    v.add_argument("--output", "-o", help="store path (default: the spec's [output] path)")
+    v.add_argument("--task-seconds", type=float, default=2.0, help="target kernel seconds per task (default 2)")
+    v.add_argument("--yes", action="store_true", help="accept a grid beyond the sanity limits")
     v.add_argument("--json", action="store_true")
     v.set_defaults(func=_validate)
 
@@ -266,9 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("query", help="print variables of a cube as a table, CSV or JSON")
     q.add_argument("store")
-    q.add_argument("--var", action="append", help="variable (repeatable; default p_escape, log10_escape_time)")
-    q.add_argument("--sel", action="append", metavar="DIM=VALUE", help="pick one value of a dimension (repeatable)")
-    q.add_argument("--range", action="append", metavar="DIM=LO:HI", help="keep lo <= dim <= hi (repeatable)")
+    q.add_argument("--var", nargs="+", action="extend", help="variables (default p_escape, log10_escape_time)")
+    q.add_argument("--sel", nargs="+", action="extend", default=[], metavar="DIM=VALUE",
+                   help="nearest coordinate value (within 1%% for floats, exact for integers); DIM=V1,V2 keeps several")
+    q.add_argument("--range", nargs="+", action="extend", default=[], metavar="DIM=LO:HI",
+                   help="keep LO <= DIM <= HI (either end may be empty)")
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
     q.set_defaults(func=_query)
 

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import ssl
 import sys
+import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,11 +145,29 @@ def local_cluster(opts: ClusterOptions):
 
     n = opts.n_workers or os.cpu_count() or 1
     protocol = "tls://" if uses_tls(opts.security) else "tcp://"
-    return LocalCluster(
-        n_workers=n, threads_per_worker=1, processes=True, host=LOOPBACK, protocol=protocol,
-        dashboard_address=DEFAULT_DASHBOARD, scheduler_port=0, security=opts.security,
-        worker_dashboard_address=None,
-    )
+    with _workers_ignore_sigint(), warnings.catch_warnings():
+        # "Port 8787 is already in use ... instead": the link printed at start is the real one
+        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use")
+        return LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True, host=LOOPBACK, protocol=protocol,
+            dashboard_address=DEFAULT_DASHBOARD, scheduler_port=0, security=opts.security,
+            worker_dashboard_address=None,
+        )
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint():
+    """Start worker processes with SIGINT ignored (they inherit it): Ctrl-C in the terminal
+    reaches the whole process group, and only the client should act on it -- it stops
+    submitting and closes the cluster -- instead of every worker printing a traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 # --------------------------------------------------------------------------- dask-jobqueue

@@ -23,8 +23,8 @@ from matplotlib.figure import Figure
 
 from . import fits as _fits
 from . import stats
+from .select import SelectionError, _describe, _fmt, apply_sel, parse_sel
 
-FLOAT_RTOL = 1e-2  # --sel on a float coordinate: the nearest value must be within 1%
 FIGSIZE = (7.0, 4.4)
 DPI = 120
 LOG_X_DIMS = ("steps", "escape_step_bin")
@@ -32,74 +32,13 @@ LINEAR_Y = ("p_escape", "log10_escape_time", "ln_tau", "transient_fraction")
 LOG_Y = ("median_escape_time", "escape_rate", "exposure", "mfpt", "tail_rate")  # log y from a 10x span
 
 
-class PlotError(ValueError):
+class PlotError(SelectionError):
     """Bad plot request: one line naming the thing, the value and what is allowed."""
 
 
 # ---------------------------------------------------------------------------------------------
 # Selection
 # ---------------------------------------------------------------------------------------------
-
-
-def parse_sel(items) -> dict:
-    """["T=0.015", "steps=100,1000"] -> {"T": 0.015, "steps": [100.0, 1000.0]}."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise PlotError(f"--sel {item!r}: expected DIM=VALUE (or DIM=V1,V2,...)")
-        dim, _, text = item.partition("=")
-        dim = dim.strip()
-        try:
-            vals = [float(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise PlotError(f"--sel {item!r}: {text!r} is not a number (or comma-separated numbers)") from None
-        if not vals:
-            raise PlotError(f"--sel {item!r}: no value after '='")
-        out[dim] = vals[0] if len(vals) == 1 else vals
-    return out
-
-
-def _describe(coord) -> str:
-    v = coord.values
-    if v.size <= 8:
-        return ", ".join(_fmt(x) for x in v)
-    return f"{_fmt(v.min())}..{_fmt(v.max())} in {v.size} values"
-
-
-def _fmt(x) -> str:
-    x = x.item() if hasattr(x, "item") else x
-    if isinstance(x, (int, np.integer)):
-        return str(int(x))
-    return f"{x:.6g}"
-
-
-def _nearest(ds, dim, value):
-    coord = ds[dim]
-    vals = coord.values
-    i = int(np.argmin(np.abs(vals.astype(float) - float(value))))
-    got = vals[i]
-    if np.issubdtype(vals.dtype, np.integer):
-        ok = float(got) == float(value)
-        allowed = "exact values"
-    else:
-        ok = abs(float(got) - float(value)) <= FLOAT_RTOL * abs(float(value)) + 1e-12
-        allowed = f"within {FLOAT_RTOL:.0%}"
-    if not ok:
-        raise PlotError(f"--sel {dim}={_fmt(value)}: no {dim} value {allowed} (nearest {_fmt(got)}; "
-                        f"{dim} has {_describe(coord)})")
-    return got
-
-
-def apply_sel(ds: xr.Dataset, sel: dict | None) -> xr.Dataset:
-    """`.sel(method="nearest")` with a tolerance: PlotError for an unknown dim or a far value."""
-    for dim, value in (sel or {}).items():
-        if dim not in ds.dims:
-            raise PlotError(f"--sel {dim}=...: unknown dim {dim!r} (dims: {', '.join(map(str, ds.dims))})")
-        if isinstance(value, (list, tuple, np.ndarray)):
-            ds = ds.sel({dim: [_nearest(ds, dim, v) for v in value]})
-        else:
-            ds = ds.sel({dim: [_nearest(ds, dim, value)]})
-    return ds
 
 
 AUTO_DIMS = ("T", "steps", "batch_size", "depth", "width")

@@ -60,9 +60,12 @@ class Summary:
         return self.walker_steps / self.wall_seconds if self.wall_seconds > 0 else float("nan")
 
     def line(self) -> str:
+        compute = (f", computing {self.compute_seconds:.1f} s at "
+                   f"{self.walker_steps / self.compute_seconds:.3g} walker-steps/s on {self.workers} workers"
+                   if self.compute_seconds > 0 else "")
         return (f"{'done' if self.complete else 'stopped'}: {self.path}: {self.cells} cells, "
                 f"{self.walkers} walkers, {self.walker_steps:.4g} walker-steps in {self.wall_seconds:.1f} s "
-                f"({self.rate:.3g} walker-steps/s); chunks computed {self.chunks_computed}, "
+                f"wall ({self.rate:.3g} walker-steps/s with start-up{compute}); chunks computed {self.chunks_computed}, "
                 f"already done {self.chunks_done_before}, total {self.chunks_total}; "
                 f"tasks submitted {self.tasks_submitted}")
 

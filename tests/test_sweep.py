@@ -192,5 +192,7 @@ def test_query_csv_content(tmp_path, cluster2, capsys):
     assert main(["query", s.path, "--var", "nope"]) == 2
     assert "no such variable" in capsys.readouterr().err
     assert main(["query", s.path, "--sel", "T=0.0111"]) == 2
-    assert "no such value" in capsys.readouterr().err
+    assert "no T value within 1%" in capsys.readouterr().err
+    assert main(["query", s.path, "--range", "T=0.02:0.01"]) == 2
+    assert "LO <= HI" in capsys.readouterr().err
     assert main(["query", str(tmp_path), "--var", "p_escape"]) == 2
