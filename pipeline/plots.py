@@ -483,7 +483,7 @@ def handler(args) -> int:
             preset(ds, args.preset, sel=sel, out=args.output)
         else:
             plot_cube(ds, args.x, args.y, hue=args.hue, sel=sel, out=args.output, notes=notes)
-    except (PlotError, _fits.BadInput) as e:
+    except (SelectionError, _fits.BadInput) as e:
         raise UsageError(str(e)) from None
     for line in notes:
         print(f"escape-sweep plot: {line}", file=sys.stderr)
