@@ -37,8 +37,15 @@ Method (all steps counted in SGD steps):
 * Discretisation error: the solve is repeated with half the spacing until a Richardson
   estimate of the relative error of tau is below rel_tol (or the node cap is reached, which
   warns). The chain's rounding adds variance ~h^2 per step, so convergence is second order
-  where m is smooth (low T); at large T (chaotic bouncing in the pit, T >~ 0.02 for B = 1)
-  it is erratic at the 1e-4..1e-3 level and the estimate is a heuristic there.
+  where m is smooth (low T: tau_h/2 - tau_h shrinks 3.4..4.5x per halving); there the
+  extrapolated tau_h/2 + (tau_h/2 - tau_h)/3 is reported when it is the better-supported value
+  (see `richardson`). At large T (the pit bottom is unstable for SGD past T ~ 2 / l1'' = 0.01,
+  and the walker bounces chaotically) m is rough, convergence is erratic at the 1e-4..1e-3
+  level, and the estimate is a heuristic there; narrow or deep pits (width 0.05, depth 2) at
+  T >~ 0.02 may end at the node cap with ~0.1-1% estimated error (Monte Carlo is cheap there).
+* Binomial weights below 1e-16 are dropped and the rest renormalised: the true chain differs by
+  excursions at rate <= dropped_mass per step, so tau * dropped_mass bounds the relative effect
+  (warned when above rel_tol).
 
 No Dask, no I/O.
 """
@@ -64,6 +71,7 @@ _PATH_CAP = 1 << 14  # exact enumeration of the first steps: at most this many l
 _LEFT_COARSENING = 4.0  # node spacing grows to this multiple, one pit width left of the minimum
 _H_SCALE = 2.0**500  # right-hand side scale for the escape probability h (avoids underflow)
 _ANCHOR_STEPS = 300
+_ERRATIC_EXPANSION = 20.0  # max |f_k'| above which grid convergence is erratic: warn, 3+ levels
 
 
 @dataclass(frozen=True)
@@ -268,7 +276,7 @@ def _mfpt(P, a, st: _Start, e, s) -> float:
     return float(st.pre_time + np.dot(e, l) + np.dot(e, g) * m_s)
 
 
-def _escape_within(P, a, st: _Start, e, budgets) -> np.ndarray:
+def _escape_within(P, a, e, budgets, st: _Start) -> np.ndarray:
     """P(escape within n) for each n in budgets: exact for n <= n0, then
     F_n = sum_{j<=n0} esc_j + sum_{t=1}^{n-n0} e . d_t with d_1 = a, d_{t+1} = P d_t; once
     log(e . d_t) is linear in t (checked over 2K steps and one step) the rest is geometric."""
@@ -385,6 +393,10 @@ class _Cell:
             lo = min(lo, float(self.st.w.min()))
         self.w_lo = min(lo, self.start)
         self.anchor_w = None
+        w = np.linspace(self.w_lo, self.barrier, 20001)
+        ext = np.array([self.kfrac.min(), self.kfrac.max()])
+        slopes = np.diff(step_images(w, T, ext, depth, width), axis=0) / np.diff(w)[:, None]
+        self.expansion = float(np.abs(slopes).max())  # max |f_k'(W)|: > 1 means the maps expand
         if not self.w_lo >= W_FLOOR:
             raise ValueError(self._floor_message(self.w_lo))
 
@@ -414,21 +426,36 @@ class _Cell:
         return _mfpt(P, a, self.st, e, s), len(x)
 
 
-def _richardson(taus) -> float:
-    """Relative error estimate of the last of taus (spacing halved each time). One difference:
-    |D| (first order assumed). Two: if the ratio of the differences is in [2.8, 5.7] (order
-    1.5..2.5, the chain's asymptotic second order) |D|/3, else max(|D|, |D_prev|/4)."""
+def richardson(taus):
+    """(tau, relative error, extrapolated?) from raw taus on grids whose spacing halves each time.
+
+    The chain converges at second order where m is smooth (its rounding adds variance ~h^2 a
+    step), so with D_k = tau_k - tau_(k-1):
+    * one difference: tau_k, error |D_k| (first order assumed: conservative);
+    * D_(k-1) / D_k in [2.8, 5.7] (same sign; observed order 1.5..2.5): the Richardson value
+      R_k = tau_k + D_k / 3 with error |R_k - R_(k-1)| if that is smaller than |D_k| / 3, the
+      error of tau_k itself (then tau_k is reported);
+    * D_(k-1) / D_k in [2, 2.8) or above 5.7: tau_k, error max(|D_k|, |D_(k-1)| / 4);
+    * below 2 or of the other sign (no first-order convergence yet: erratic, as for strongly
+      expanding maps): tau_k, error |D_k| + |D_(k-1)| + |D_(k-2)| (the recent drift).
+    """
     t = np.asarray(taus, dtype=float)
-    if not np.all(np.isfinite(t)):
-        return math.nan
+    if len(t) < 2 or not np.all(np.isfinite(t)):
+        return float(t[-1]), math.nan, False
     d = np.diff(t)
-    last = abs(d[-1])
-    if len(d) >= 2 and d[-1] != 0.0:
-        ratio = abs(d[-2]) / last
-        est = last / 3.0 if 2.8 <= ratio <= 5.7 else max(last, abs(d[-2]) / 4.0)
-    else:
-        est = last
-    return est / abs(t[-1])
+    err = abs(d[-1])
+    if len(d) >= 2:
+        ratio = d[-2] / d[-1] if d[-1] != 0.0 else math.inf
+        if 2.8 <= ratio <= 5.7:
+            err = abs(d[-1]) / 3.0
+            R = t[1:] + d / 3.0
+            if abs(R[-1] - R[-2]) < err:
+                return float(R[-1]), float(abs(R[-1] - R[-2]) / abs(R[-1])), True
+        elif ratio >= 2.0:
+            err = max(abs(d[-1]), abs(d[-2]) / 4.0)
+        else:
+            err = float(np.abs(d[-3:]).sum())
+    return float(t[-1]), float(err / abs(t[-1])), False
 
 
 def solve_grid(T, batch_size, depth, width, n_intervals, *, start=None, w_lo=None) -> tuple[float, int]:
@@ -467,7 +494,8 @@ def markov_cell(T, batch_size, depth, width, budgets=(), *, rel_tol=1e-3, start=
 
     Solves m(W) = 1 + sum_k C(B,k) 2^-B m(f_k(W)) (m = 0 past the barrier) on grids of spacing
     h, h/2, ... until the Richardson estimate of tau's relative error is below rel_tol or the
-    next grid would exceed max_nodes (then warns and reports the error reached). start: W_0
+    next grid would exceed max_nodes (then warns and reports the error reached); see
+    `richardson` for when tau (and P(escape)) are the extrapolated values. start: W_0
     (default: the pit minimum). w_lo: initial left end of the grid (default: from the maps); a
     grid that the maps leave is widened, never clipped.
     """
@@ -481,8 +509,9 @@ def markov_cell(T, batch_size, depth, width, budgets=(), *, rel_tol=1e-3, start=
             while True:
                 tau, nodes = cell.tau(n)
                 taus.append(tau)
-                err = _richardson(taus) if len(taus) >= 2 else math.inf
-                if len(taus) >= 2 and (err <= rel_tol or math.isnan(err)):
+                value, err, extrapolated = richardson(taus)
+                enough = len(taus) >= (3 if cell.expansion > _ERRATIC_EXPANSION else 2)
+                if enough and (err <= rel_tol or math.isnan(err)):
                     break
                 if 2 * n + 1 > max_nodes:
                     if len(taus) >= 2:
@@ -492,25 +521,33 @@ def markov_cell(T, batch_size, depth, width, budgets=(), *, rel_tol=1e-3, start=
                             RuntimeWarning, stacklevel=2)
                     break
                 n *= 2
-            x, P, a, e = cell.chain(n)
-            p_esc = _escape_within(P, a, cell.st, e, budgets)
+            p_esc = _escape_within(*cell.chain(n)[1:], budgets, st=cell.st)
+            if extrapolated and len(budgets):  # same Richardson step for the probabilities
+                p_half = _escape_within(*cell.chain(n // 2)[1:], budgets, st=cell.st)
+                p_esc = np.clip(p_esc + (p_esc - p_half) / 3.0, 0.0, 1.0)
             break
         except GridError as exc:
             cell.widen(exc.w_min)
             cell.anchor_w = None
     else:
         raise ValueError(f"T={T!r}: widening the grid did not hold the chain")
-    if math.isinf(taus[-1]):
+    if math.isinf(value):
         err = math.nan
-    if cell.dropped > 0.0 and math.isfinite(taus[-1]) and taus[-1] * cell.dropped > rel_tol:
+    if cell.expansion > _ERRATIC_EXPANSION:
+        warnings.warn(
+            f"markov_cell(T={cell.T}, batch_size={cell.B}, depth={cell.depth}, width={cell.width}): "
+            f"the maps stretch W by up to {cell.expansion:.0f}x per step; the grid converges "
+            f"erratically there and the error estimate ({err:.2g}) is a heuristic: check against "
+            "Monte Carlo, which is cheap in this regime", RuntimeWarning, stacklevel=2)
+    if cell.dropped > 0.0 and math.isfinite(value) and value * cell.dropped > rel_tol:
         warnings.warn(
             f"markov_cell(T={cell.T}, batch_size={cell.B}): dropped binomial mass {cell.dropped:.2g} "
-            f"times tau {taus[-1]:.3g} exceeds rel_tol: batches too rare to keep could matter",
+            f"times tau {value:.3g} exceeds rel_tol: batches too rare to keep could matter",
             RuntimeWarning, stacklevel=2)
     p_esc = np.asarray(p_esc, dtype=np.float64)
     p_esc.setflags(write=False)
     return MarkovResult(
-        mfpt=float(taus[-1]), mfpt_rel_error=float(err), budgets=budgets,
+        mfpt=float(value), mfpt_rel_error=float(err), budgets=budgets,
         p_escape=p_esc, n_nodes=int(nodes),
         dropped_mass=float(cell.dropped), w_lo=float(cell.w_lo), w_barrier=float(cell.barrier),
         w_start=float(cell.start))
