@@ -1,0 +1,553 @@
+"""Exact mean first-passage time of the escape chain of DESIGN.md section 1, without sampling.
+
+The walker's state is one number W. Each step applies one of B + 1 maps
+
+    f_k(W) = W - T (g0(W) + (k / B) gpit(W)),   k ~ Binomial(B, 1/2),
+
+and the walker escapes at the first step n >= 1 with W_n > barrier (as in the numba kernel).
+The mean escape time m(W) solves m(W) = 1 + sum_k p_k m(f_k(W)), m = 0 past the barrier.
+
+Method (all steps counted in SGD steps):
+
+* Grid: nodes on [w_lo, barrier], dense right of the pit minimum and up to 4x coarser to its
+  left. Between nodes m is interpolated linearly, so the discrete problem is itself a Markov
+  chain on the nodes (the image f_k(x_i) is split between its two neighbouring nodes) with
+  an absorbing "escaped" state. w_lo is chosen so that no image of any node leaves the grid
+  on the left; this is checked on every grid, and the grid is widened when it fails (never
+  clipped); a ValueError is raised if widening cannot hold the chain.
+* The first few steps from the start are enumerated exactly (every batch sequence, up to
+  _PATH_CAP paths), and only then handed to the grid: at large T the maps expand, m is rough,
+  and interpolating m at the single start point is the least accurate thing the grid does.
+* Mean escape time: tau grows to 1e12 at T = 0.006, B = 1 and past 1e39 at B = 4, and the
+  direct system (I - P) m = 1 is then singular to working precision (its smallest eigenvalue is
+  ~1/tau; a float64 LU gives garbage, even negative tau, past tau ~ 1e15). So we use renewal at
+  an anchor node s (the most visited node): with the chain killed on return to s,
+
+      l(x) = E_x[steps to return to s or escape],   h(x) = P_x(escape before return to s),
+      g(x) = P_x(reach s before escape),            tau(x) = l(x) + g(x) l(s) / h(s).
+
+  The killed matrix I - P0 is a well-conditioned M-matrix; its sparse LU with diagonal pivots
+  (SuperLU, symmetric ordering) solves these with right-hand sides >= 0 using additions only,
+  so even h(s) ~ 1e-40 comes out to ~1e-13 relative accuracy (checked by a componentwise
+  residual, with iterative refinement if needed).
+* P(escape within n): the increments d_n = P^(n-1) a (a = one-step escape probability) are
+  summed at the start distribution: subtraction-free, so tiny probabilities keep their
+  relative accuracy (1 - survival would lose them). Once log(increment) is linear in n (the
+  quasi-stationary regime) the remaining budgets are summed as a geometric series.
+* Discretisation error: the solve is repeated with half the spacing until a Richardson
+  estimate of the relative error of tau is below rel_tol (or the node cap is reached, which
+  warns). The chain's rounding adds variance ~h^2 per step, so convergence is second order
+  where m is smooth (low T: tau_h/2 - tau_h shrinks 3.4..4.5x per halving); there the
+  extrapolated tau_h/2 + (tau_h/2 - tau_h)/3 is reported when it is the better-supported value
+  (see `richardson`). At large T (the pit bottom is unstable for SGD past T ~ 2 / l1'' = 0.01,
+  and the walker bounces chaotically) m is rough, convergence is erratic at the 1e-4..1e-3
+  level, and the estimate is a heuristic there; narrow or deep pits (width 0.05, depth 2) at
+  T >~ 0.02 may end at the node cap with ~0.1-1% estimated error (Monte Carlo is cheap there).
+* Binomial weights below 1e-16 are dropped and the rest renormalised: the true chain differs by
+  excursions at rate <= dropped_mass per step, so tau * dropped_mass bounds the relative effect
+  (warned when above rel_tol).
+
+No Dask, no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+from scipy.special import gammaln, logsumexp
+
+from .landscape import check_positive, find_pit, g0, gpit
+
+WEIGHT_CUTOFF = 1e-16  # binomial weights below this are dropped (and their mass reported)
+W_FLOOR = -2.0  # no grid reaches left of this: |g0| < 1e-6 there, the landscape is flat
+DEFAULT_MAX_NODES = 16_400  # first level ~1000 nodes, so up to 5 levels (~16k nodes)
+_FIRST_INTERVALS = 1000
+_PATH_CAP = 1 << 14  # exact enumeration of the first steps: at most this many live paths
+_LEFT_COARSENING = 4.0  # node spacing grows to this multiple, one pit width left of the minimum
+_H_SCALE = 2.0**500  # right-hand side scale for the escape probability h (avoids underflow)
+_ANCHOR_STEPS = 300
+_ERRATIC_EXPANSION = 20.0  # max |f_k'| above which grid convergence is erratic: warn, 3+ levels
+
+
+@dataclass(frozen=True)
+class MarkovResult:
+    """Mean escape time and escape probabilities of one (T, B, depth, width) cell, from the chain.
+
+    mfpt: mean escape time tau from the start (steps); inf where it exceeds float range or
+    escape is impossible. mfpt_rel_error: Richardson estimate of the relative discretisation
+    error of mfpt (nan where mfpt is inf). p_escape[i]: P(escape within budgets[i] steps).
+    n_nodes: nodes of the finest grid used. dropped_mass: total binomial weight dropped
+    (each dropped weight < 1e-16; the kept weights are renormalised). w_lo, w_barrier: the
+    grid's ends; w_start: the start W_0.
+    """
+
+    mfpt: float
+    mfpt_rel_error: float
+    budgets: tuple[int, ...]
+    p_escape: np.ndarray = field(repr=False)
+    n_nodes: int
+    dropped_mass: float
+    w_lo: float
+    w_barrier: float
+    w_start: float
+
+
+class GridError(ValueError):
+    """A map sends a grid node (or a start path) left of the grid: the grid must be widened.
+    `w_min` is the leftmost image. markov_cell catches it and widens; it never clips."""
+
+    def __init__(self, w_min: float, w_lo: float):
+        super().__init__(f"an image W = {w_min!r} lies left of the grid's end w_lo = {w_lo!r}")
+        self.w_min = w_min
+
+
+def binomial_weights(batch_size: int, cutoff: float = WEIGHT_CUTOFF):
+    """Kept k values and their weights C(B,k) 2^-B (log space, renormalised to sum 1), and the
+    dropped mass (sum of the weights < cutoff)."""
+    B = int(batch_size)
+    k = np.arange(B + 1)
+    logp = gammaln(B + 1) - gammaln(k + 1) - gammaln(B - k + 1) - B * math.log(2.0)
+    keep = logp >= math.log(cutoff)
+    dropped = float(np.exp(logp[~keep]).sum())
+    p = np.exp(logp[keep] - logsumexp(logp[keep]))
+    return k[keep].astype(float), p, dropped
+
+
+def step_images(w, T, kfrac, depth, width) -> np.ndarray:
+    """f_k(w) = w - T (g0(w) + kfrac gpit(w)) for every w (rows) and kfrac = k/B (columns)."""
+    w = np.asarray(w, dtype=float)
+    return w[:, None] - T * (g0(w)[:, None] + np.asarray(kfrac)[None, :] * gpit(w, depth, width)[:, None])
+
+
+def _default_w_lo(T, kfrac, depth, width, start, barrier) -> float:
+    """Left end wide enough for every map: for W < 1 every map moves W right (g0, gpit < 0), so
+    the leftmost image comes from W in [1, barrier] under the extreme k; sampled finely, less a
+    margin of 1% of the span. The grid check then verifies it on the actual nodes."""
+    w = np.linspace(min(1.0, barrier), barrier, 20001)
+    ext = np.array([kfrac.min(), kfrac.max()])
+    lo = min(float(step_images(w, T, ext, depth, width).min()), start)
+    return lo - 0.01 * (barrier - lo)
+
+
+def make_grid(w_lo, barrier, n_intervals, pit_min, width) -> np.ndarray:
+    """Nodes on [w_lo, barrier]: spacing h right of the pit minimum, growing linearly to
+    _LEFT_COARSENING * h over one pit width to its left (walkers only pass there)."""
+    w = np.linspace(w_lo, barrier, 40001)
+    spacing = 1.0 + (_LEFT_COARSENING - 1.0) * np.clip((pit_min - w) / width, 0.0, 1.0)
+    dens = 1.0 / spacing
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(w))])
+    x = np.interp(np.linspace(0.0, cdf[-1], int(n_intervals) + 1), cdf, w)
+    x[0], x[-1] = w_lo, barrier
+    return x
+
+
+def _hat(x, y):
+    """Linear-interpolation stencil of points y (all within [x[0], x[-1]]) on nodes x:
+    left node j and the weight theta of node j + 1."""
+    j = np.clip(np.searchsorted(x, y, side="right") - 1, 0, len(x) - 2)
+    theta = (y - x[j]) / (x[j + 1] - x[j])
+    return j, theta
+
+
+def transition_matrix(x, T, kfrac, p, depth, width, barrier):
+    """Sparse chain on the nodes x: P[i, j] = sum of p_k over images f_k(x_i) <= barrier, split
+    linearly between the two nodes around the image; a[i] = sum of p_k over images > barrier
+    (one-step escape). Raises GridError (a ValueError) if any image lies left of x[0] (never clipped)."""
+    N = len(x)
+    Y = step_images(x, T, kfrac, depth, width)
+    y_min = float(Y.min())
+    if not math.isfinite(y_min) or y_min < x[0]:
+        raise GridError(y_min, float(x[0]))
+    esc = Y > barrier
+    pk = np.broadcast_to(p, Y.shape)
+    a = np.where(esc, pk, 0.0).sum(axis=1)
+    stay = ~esc
+    rows = np.broadcast_to(np.arange(N, dtype=np.int32)[:, None], Y.shape)[stay]
+    y, w = Y[stay], pk[stay]
+    j, th = _hat(x, y)
+    P = sp.csr_matrix(
+        (np.concatenate([w * (1.0 - th), w * th]),
+         (np.concatenate([rows, rows]), np.concatenate([j, j + 1]).astype(np.int32))),
+        shape=(N, N))
+    P.sum_duplicates()
+    return P, a
+
+
+@dataclass
+class _Start:
+    """Exact first n0 steps from W_0: escape probability at each step 1..n0, the survivors'
+    positions and weights after n0 steps, and sum_{j<n0} P(alive after j steps)."""
+
+    n0: int
+    esc: np.ndarray
+    w: np.ndarray
+    weight: np.ndarray
+    pre_time: float
+
+
+def enumerate_start(w0, T, kfrac, p, depth, width, barrier, cap=_PATH_CAP) -> _Start:
+    """Enumerate every batch sequence for the first n0 steps (n0 as large as keeps at most
+    `cap` distinct live paths, at least 1); equal positions are merged."""
+    w = np.array([float(w0)])
+    wt = np.array([1.0])
+    esc, pre = [], 0.0
+    while True:
+        pre += wt.sum()
+        Y = step_images(w, T, kfrac, depth, width).ravel()
+        Wt = (wt[:, None] * p[None, :]).ravel()
+        out = Y > barrier
+        esc.append(Wt[out].sum())
+        w, inv = np.unique(Y[~out], return_inverse=True)
+        wt = np.bincount(inv.ravel(), weights=Wt[~out], minlength=len(w))
+        if len(w) == 0 or len(w) * len(p) > cap or len(esc) >= 64:
+            break
+    return _Start(len(esc), np.array(esc), w, wt, pre)
+
+
+def _deposit(x, w, weight) -> np.ndarray:
+    """Spread point masses `weight` at positions w onto the nodes by linear interpolation."""
+    if len(w) and (w.min() < x[0]):
+        raise GridError(float(w.min()), float(x[0]))
+    e = np.zeros(len(x))
+    if len(w):
+        j, th = _hat(x, w)
+        np.add.at(e, j, weight * (1.0 - th))
+        np.add.at(e, j + 1, weight * th)
+    return e
+
+
+def _anchor(P, e, steps=_ANCHOR_STEPS) -> int:
+    """Most visited node over the first `steps` steps from the start distribution e."""
+    PT = P.T.tocsr()
+    v, occ = e.copy(), e.copy()
+    for _ in range(steps):
+        v = PT @ v
+        occ += v
+        s = v.sum()
+        if s < 1e-300:
+            break
+    return int(np.argmax(occ))
+
+
+def _solve_mmatrix(P, a, s):
+    """Renewal at node s: returns l, h * _H_SCALE, g (see the module docstring) from one LU of
+    the killed M-matrix I - P0 (P with column s removed), diagonal pivots, additions only."""
+    N = P.shape[0]
+    P = P.tocsr()
+    coo = P.tocoo()
+    keep = coo.col != s
+    P0 = sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=(N, N))
+    col_s = np.zeros(N)
+    np.add.at(col_s, coo.row[~keep], coo.data[~keep])
+    A = (sp.identity(N, format="csr") - P0)
+    lu = spla.splu(A.T.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                   options=dict(SymmetricMode=True))
+    rhs = np.column_stack([np.ones(N), a * _H_SCALE, col_s])
+    sol = lu.solve(rhs, trans="T")
+    # componentwise residual r = (rhs + P0 sol) - sol, relative to the local size; refine if needed
+    for _ in range(3):
+        fwd = rhs + P0 @ sol
+        scale = np.maximum(np.abs(fwd) + np.abs(sol), 1e-300)
+        res = fwd - sol
+        rel = np.max(np.abs(res) / scale)
+        if not np.isfinite(rel) or rel < 1e-12:
+            break
+        sol = sol + lu.solve(res, trans="T")
+    l, h, g = sol[:, 0], sol[:, 1], sol[:, 2]
+    return l, h, g, float(rel)
+
+
+def _mfpt(P, a, st: _Start, e, s) -> float:
+    """tau = sum_{j<n0} P(alive after j) + sum_i e_i (l_i + g_i l_s / h_s)."""
+    l, h, g, rel = _solve_mmatrix(P, a, s)
+    if not (np.all(l >= 0) and np.all(h >= 0) and np.all(g >= -1e-12)) or rel > 1e-8:
+        raise RuntimeError(
+            f"markov: the renewal solve lost accuracy (componentwise residual {rel:.2g}); "
+            "the chain is too close to trapping at this T")
+    if h[s] <= 0.0:
+        return math.inf
+    ratio = l[s] / h[s]
+    m_s = math.ldexp(ratio, 500) if ratio < math.ldexp(1.0, 523) else math.inf
+    return float(st.pre_time + np.dot(e, l) + np.dot(e, g) * m_s)
+
+
+def _escape_within(P, a, e, budgets, st: _Start) -> np.ndarray:
+    """P(escape within n) for each n in budgets: exact for n <= n0, then
+    F_n = sum_{j<=n0} esc_j + sum_{t=1}^{n-n0} e . d_t with d_1 = a, d_{t+1} = P d_t; once
+    log(e . d_t) is linear in t (checked over 2K steps and one step) the rest is geometric."""
+    budgets = np.asarray(budgets, dtype=np.int64)
+    out = np.zeros(len(budgets))
+    if len(budgets) == 0:
+        return out
+    cum_exact = np.cumsum(st.esc)
+    for i, n in enumerate(budgets):
+        if n <= st.n0:
+            out[i] = cum_exact[n - 1]
+    need = budgets > st.n0
+    if not need.any():
+        return out
+    todo = np.sort(np.unique(budgets[need] - st.n0))
+    base = cum_exact[-1]
+    res = {}
+    K = 50
+    z_hist = []
+    d = a.copy()
+    F = 0.0
+    t = 0
+    t_max = int(todo[-1])
+    nxt = 0
+    while t < t_max:
+        t += 1
+        z = float(np.dot(e, d))
+        F += z
+        z_hist.append(z)
+        while nxt < len(todo) and todo[nxt] == t:
+            res[int(todo[nxt])] = F
+            nxt += 1
+        if nxt == len(todo):
+            break
+        d = P @ d
+        if not d.any():
+            for n in todo[nxt:]:
+                res[int(n)] = F
+            break
+        if t >= 2 * K + 1 and t % K == 0:
+            zs = [z_hist[t - 1], z_hist[t - 2], z_hist[t - 1 - K], z_hist[t - 1 - 2 * K]]
+            if min(zs) > 0.0:
+                L0, L1, LK, L2K = (math.log(v) for v in zs)
+                slope = (L0 - LK) / K
+                if abs(slope - (LK - L2K) / K) < 1e-11 and abs((L0 - L1) - slope) < 1e-11 and slope < 1e-12:
+                    kappa = max(-slope, 0.0)
+                    z_next = float(np.dot(e, d))  # increment of step t + 1
+                    for n in todo[nxt:]:
+                        M = int(n) - t
+                        if kappa > 0.0:
+                            tail = z_next * math.expm1(-kappa * M) / math.expm1(-kappa)
+                        else:
+                            tail = z_next * M
+                        res[int(n)] = F + tail
+                    break
+    for i, n in enumerate(budgets):
+        if n > st.n0:
+            out[i] = base + res[int(n) - st.n0]
+    return np.clip(out, 0.0, 1.0)
+
+
+def _check_budgets(budgets) -> tuple[int, ...]:
+    try:
+        items = tuple(budgets)
+    except TypeError:
+        raise ValueError(f"budgets={budgets!r}: must be a sequence of integers >= 1") from None
+    out = []
+    for b in items:
+        if isinstance(b, bool) or not isinstance(b, (int, np.integer)):
+            if isinstance(b, (float, np.floating)) and math.isfinite(b) and float(b).is_integer():
+                b = int(b)
+            else:
+                raise ValueError(f"budgets={budgets!r}: must be a sequence of integers >= 1")
+        if b < 1:
+            raise ValueError(f"budgets={budgets!r}: must be a sequence of integers >= 1")
+        out.append(int(b))
+    return tuple(out)
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
+    if value < minimum:
+        raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
+    return int(value)
+
+
+def _check_finite(name, value):
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r}: must be a finite number") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name}={value!r}: must be a finite number")
+    return v
+
+
+class _Cell:
+    """One cell's fixed ingredients (weights, geometry, exact start) and its per-grid solves."""
+
+    def __init__(self, T, B, depth, width, start, w_lo):
+        self.T, self.B, self.depth, self.width = T, B, depth, width
+        pit = find_pit(depth, width)
+        self.pit_min, self.barrier = pit.w_start, pit.w_barrier
+        self.start = pit.w_start if start is None else start
+        k, self.p, self.dropped = binomial_weights(B)
+        self.kfrac = k / B
+        self.st = enumerate_start(self.start, T, self.kfrac, self.p, depth, width, self.barrier)
+        lo = _default_w_lo(T, self.kfrac, depth, width, self.start, self.barrier) if w_lo is None else w_lo
+        if len(self.st.w):
+            lo = min(lo, float(self.st.w.min()))
+        self.w_lo = min(lo, self.start)
+        self.anchor_w = None
+        w = np.linspace(self.w_lo, self.barrier, 20001)
+        ext = np.array([self.kfrac.min(), self.kfrac.max()])
+        slopes = np.diff(step_images(w, T, ext, depth, width), axis=0) / np.diff(w)[:, None]
+        self.expansion = float(np.abs(slopes).max())  # max |f_k'(W)|: > 1 means the maps expand
+        if not self.w_lo >= W_FLOOR:
+            raise ValueError(self._floor_message(self.w_lo))
+
+    def _floor_message(self, w):
+        return (f"T={self.T!r}, batch_size={self.B!r}: the grid would have to reach W = {w:.4g}, "
+                f"left of W_FLOOR = {W_FLOOR} where the landscape is flat (|g0| < 1e-6); "
+                "no grid holds this chain (T too large, or w_lo/start too far left)")
+
+    def widen(self, w_min):
+        """Move the left end past w_min (by 1% of the span); ValueError past W_FLOOR."""
+        new = w_min - 0.01 * (self.barrier - w_min)
+        if not (math.isfinite(new) and new >= W_FLOOR):
+            raise ValueError(self._floor_message(new))
+        self.w_lo = min(self.w_lo, new)
+
+    def chain(self, n_intervals):
+        x = make_grid(self.w_lo, self.barrier, n_intervals, self.pit_min, self.width)
+        P, a = transition_matrix(x, self.T, self.kfrac, self.p, self.depth, self.width, self.barrier)
+        e = _deposit(x, self.st.w, self.st.weight)
+        return x, P, a, e
+
+    def tau(self, n_intervals):
+        x, P, a, e = self.chain(n_intervals)
+        if self.anchor_w is None:
+            self.anchor_w = x[_anchor(P, e)]
+        s = int(np.argmin(np.abs(x - self.anchor_w)))
+        return _mfpt(P, a, self.st, e, s), len(x)
+
+
+def richardson(taus):
+    """(tau, relative error, extrapolated?) from raw taus on grids whose spacing halves each time.
+
+    The chain converges at second order where m is smooth (its rounding adds variance ~h^2 a
+    step), so with D_k = tau_k - tau_(k-1):
+    * one difference: tau_k, error |D_k| (first order assumed: conservative);
+    * D_(k-1) / D_k in [2.8, 5.7] (same sign; observed order 1.5..2.5): the Richardson value
+      R_k = tau_k + D_k / 3 with error |R_k - R_(k-1)| if that is smaller than |D_k| / 3, the
+      error of tau_k itself (then tau_k is reported);
+    * D_(k-1) / D_k in [2, 2.8) or above 5.7: tau_k, error max(|D_k|, |D_(k-1)| / 4);
+    * below 2 or of the other sign (no first-order convergence yet: erratic, as for strongly
+      expanding maps): tau_k, error |D_k| + |D_(k-1)| + |D_(k-2)| (the recent drift).
+    """
+    t = np.asarray(taus, dtype=float)
+    if len(t) < 2 or not np.all(np.isfinite(t)):
+        return float(t[-1]), math.nan, False
+    d = np.diff(t)
+    err = abs(d[-1])
+    if len(d) >= 2:
+        ratio = d[-2] / d[-1] if d[-1] != 0.0 else math.inf
+        if 2.8 <= ratio <= 5.7:
+            err = abs(d[-1]) / 3.0
+            R = t[1:] + d / 3.0
+            if abs(R[-1] - R[-2]) < err:
+                return float(R[-1]), float(abs(R[-1] - R[-2]) / abs(R[-1])), True
+        elif ratio >= 2.0:
+            err = max(abs(d[-1]), abs(d[-2]) / 4.0)
+        else:
+            err = float(np.abs(d[-3:]).sum())
+    return float(t[-1]), float(err / abs(t[-1])), False
+
+
+def solve_grid(T, batch_size, depth, width, n_intervals, *, start=None, w_lo=None) -> tuple[float, int]:
+    """tau (steps) on one fixed grid of n_intervals intervals (widened as needed), and its node
+    count: the building block of markov_cell, for convergence studies."""
+    cell = _make_cell(T, batch_size, depth, width, start, w_lo)
+    n = _check_int("n_intervals", n_intervals, 16)
+    for _ in range(8):
+        try:
+            return cell.tau(n)
+        except GridError as exc:
+            cell.widen(exc.w_min)
+    raise ValueError(f"T={T!r}: widening the grid did not hold the chain")
+
+
+def _make_cell(T, batch_size, depth, width, start, w_lo):
+    T = check_positive("T", T)
+    B = _check_int("batch_size", batch_size, 1)
+    depth = check_positive("depth", depth)
+    width = check_positive("width", width)
+    pit = find_pit(depth, width)
+    if start is not None:
+        start = _check_finite("start", start)
+        if start > pit.w_barrier:
+            raise ValueError(f"start={start!r}: must lie at or below the barrier W = {pit.w_barrier:.6g}")
+    if w_lo is not None:
+        w_lo = _check_finite("w_lo", w_lo)
+        if w_lo >= pit.w_barrier:
+            raise ValueError(f"w_lo={w_lo!r}: must lie below the barrier W = {pit.w_barrier:.6g}")
+    return _Cell(T, B, depth, width, start, w_lo)
+
+
+def markov_cell(T, batch_size, depth, width, budgets=(), *, rel_tol=1e-3, start=None,
+                max_nodes=DEFAULT_MAX_NODES, w_lo=None) -> MarkovResult:
+    """Mean escape time tau (steps) and P(escape within n steps) of one cell, from the chain.
+
+    Solves m(W) = 1 + sum_k C(B,k) 2^-B m(f_k(W)) (m = 0 past the barrier) on grids of spacing
+    h, h/2, ... until the Richardson estimate of tau's relative error is below rel_tol or the
+    next grid would exceed max_nodes (then warns and reports the error reached); see
+    `richardson` for when tau (and P(escape)) are the extrapolated values. start: W_0
+    (default: the pit minimum). w_lo: initial left end of the grid (default: from the maps); a
+    grid that the maps leave is widened, never clipped.
+    """
+    budgets = _check_budgets(budgets)
+    rel_tol = check_positive("rel_tol", rel_tol)
+    max_nodes = _check_int("max_nodes", max_nodes, 2 * _FIRST_INTERVALS + 1)
+    cell = _make_cell(T, batch_size, depth, width, start, w_lo)
+    for _ in range(8):
+        try:
+            taus, n = [], _FIRST_INTERVALS
+            while True:
+                tau, nodes = cell.tau(n)
+                taus.append(tau)
+                value, err, extrapolated = richardson(taus)
+                enough = len(taus) >= (3 if cell.expansion > _ERRATIC_EXPANSION else 2)
+                if enough and (err <= rel_tol or math.isnan(err)):
+                    break
+                if 2 * n + 1 > max_nodes:
+                    if len(taus) >= 2:
+                        warnings.warn(
+                            f"markov_cell(T={cell.T}, batch_size={cell.B}): node cap {max_nodes} "
+                            f"reached with estimated relative error {err:.2g} > rel_tol={rel_tol}",
+                            RuntimeWarning, stacklevel=2)
+                    break
+                n *= 2
+            p_esc = _escape_within(*cell.chain(n)[1:], budgets, st=cell.st)
+            if extrapolated and len(budgets):  # same Richardson step for the probabilities
+                p_half = _escape_within(*cell.chain(n // 2)[1:], budgets, st=cell.st)
+                p_esc = np.clip(p_esc + (p_esc - p_half) / 3.0, 0.0, 1.0)
+            break
+        except GridError as exc:
+            cell.widen(exc.w_min)
+            cell.anchor_w = None
+    else:
+        raise ValueError(f"T={T!r}: widening the grid did not hold the chain")
+    if math.isinf(value):
+        err = math.nan
+    if cell.expansion > _ERRATIC_EXPANSION:
+        warnings.warn(
+            f"markov_cell(T={cell.T}, batch_size={cell.B}, depth={cell.depth}, width={cell.width}): "
+            f"the maps stretch W by up to {cell.expansion:.0f}x per step; the grid converges "
+            f"erratically there and the error estimate ({err:.2g}) is a heuristic: check against "
+            "Monte Carlo, which is cheap in this regime", RuntimeWarning, stacklevel=2)
+    if cell.dropped > 0.0 and math.isfinite(value) and value * cell.dropped > rel_tol:
+        warnings.warn(
+            f"markov_cell(T={cell.T}, batch_size={cell.B}): dropped binomial mass {cell.dropped:.2g} "
+            f"times tau {value:.3g} exceeds rel_tol: batches too rare to keep could matter",
+            RuntimeWarning, stacklevel=2)
+    p_esc = np.asarray(p_esc, dtype=np.float64)
+    p_esc.setflags(write=False)
+    return MarkovResult(
+        mfpt=float(value), mfpt_rel_error=float(err), budgets=budgets,
+        p_escape=p_esc, n_nodes=int(nodes),
+        dropped_mass=float(cell.dropped), w_lo=float(cell.w_lo), w_barrier=float(cell.barrier),
+        w_start=float(cell.start))
