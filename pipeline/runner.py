@@ -54,6 +54,7 @@ class Summary:
     kernel_seconds: float = 0.0  # summed over tasks, as timed inside them
     workers: int = 0
     window: int = 0
+    method: str = "montecarlo"
 
     @property
     def rate(self) -> float:
@@ -63,6 +64,11 @@ class Summary:
         compute = (f", computing {self.compute_seconds:.1f} s at "
                    f"{self.walker_steps / self.compute_seconds:.3g} walker-steps/s on {self.workers} workers"
                    if self.compute_seconds > 0 else "")
+        if self.method == "markov":
+            return (f"{'done' if self.complete else 'stopped'}: {self.path}: {self.cells} cells solved by the "
+                    f"exact solver in {self.wall_seconds:.1f} s wall ({self.compute_seconds:.1f} s computing on "
+                    f"{self.workers} workers); chunks computed {self.chunks_computed}, already done "
+                    f"{self.chunks_done_before}, total {self.chunks_total}; tasks submitted {self.tasks_submitted}")
         return (f"{'done' if self.complete else 'stopped'}: {self.path}: {self.cells} cells, "
                 f"{self.walkers} walkers, {self.walker_steps:.4g} walker-steps in {self.wall_seconds:.1f} s "
                 f"wall ({self.rate:.3g} walker-steps/s with start-up{compute}); chunks computed {self.chunks_computed}, "
@@ -158,7 +164,7 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output: str | Non
             pending = pending[: opts.max_chunks]
         summary = Summary(path=path, cells=spec.n_cells, walkers=spec.n_cells * spec.walkers,
                           chunks_total=int(done.size), chunks_done_before=int(done.sum()), chunks_computed=0,
-                          tasks_submitted=0, walker_steps=0, wall_seconds=0.0, complete=False)
+                          tasks_submitted=0, walker_steps=0, wall_seconds=0.0, complete=False, method=spec.method)
         if pending:
             with open_client(opts.cluster) as client:
                 if needs_new_store(spec, path, opts):

@@ -41,13 +41,14 @@ path = "{path}"
 
 
 def write_spec(dirpath, name="t", seed=7, walkers=400, T="[0.012, 0.016, 0.02, 0.025]", steps="[100, 1000]",
-               batch_size="[1, 2]", depth="[1.0]", width="[0.1]", path=None) -> Path:
+               batch_size="[1, 2]", depth="[1.0]", width="[0.1]", path=None, method=None) -> Path:
     """Write a small spec into dirpath and return its path (store defaults to dirpath/<name>.zarr)."""
     dirpath = Path(dirpath)
     path = path or str(dirpath / f"{name}.zarr")
     f = dirpath / f"{name}.toml"
     f.write_text(SPEC.format(name=name, seed=seed, walkers=walkers, T=T, steps=steps, batch_size=batch_size,
-                             depth=depth, width=width, path=path))
+                             depth=depth, width=width, path=path)
+                 .replace("[axes]", f'method = "{method}"\n[axes]' if method else "[axes]"))
     return f
 
 

@@ -196,3 +196,26 @@ def test_query_csv_content(tmp_path, cluster2, capsys):
     assert main(["query", s.path, "--range", "T=0.02:0.01"]) == 2
     assert "LO <= HI" in capsys.readouterr().err
     assert main(["query", str(tmp_path), "--var", "p_escape"]) == 2
+
+
+def test_markov_and_both_methods_through_the_runner(tmp_path, cluster2):
+    from pipeline.markov import markov_cell
+
+    kw = dict(T="[0.015, 0.02]", steps="[100, 1000]", batch_size="[1, 2]")
+    m = run_sweep(str(write_spec(tmp_path, name="m", method="markov", walkers=1, **kw)), opts(cluster2))
+    b = run_sweep(str(write_spec(tmp_path, name="b", method="both", walkers=4000, **kw)), opts(cluster2))
+    dm, db = open_cube(m.path), open_cube(b.path)
+    for T in (0.015, 0.02):
+        for B in (1, 2):
+            r = markov_cell(T, B, 1.0, 0.1, (100, 1000))
+            cm = dm.sel(T=T, batch_size=B, depth=1.0, width=0.1)
+            cb = db.sel(T=T, batch_size=B, depth=1.0, width=0.1)
+            assert float(cm.mfpt) == r.mfpt and float(cb.mfpt) == r.mfpt
+            assert np.array_equal(cm.p_escape.values, r.p_escape)
+            assert np.array_equal(cb.markov_p_escape.values, r.p_escape)
+            assert np.allclose(cm.log10_escape_time.values, np.log10(r.mfpt))
+            assert int(cm.n_walkers.sum()) == 0 and int(cb.n_walkers.sel(steps=100)) == 4000
+            esc = simulate(T, 1000, B, 1.0, 0.1, 4000, seed=7)  # "both" keeps the Monte Carlo as it is
+            assert int(cb.n_escaped.sel(steps=1000)) == int((esc > 0).sum())
+    # the flag is the exact solver's P inside the Monte Carlo's 99% interval: true nearly everywhere
+    assert db.consistent.dtype == bool and db.consistent.values.mean() >= 0.75
