@@ -58,6 +58,19 @@ def check_positive(name: str, value) -> float:
     return v
 
 
+def check_int(name: str, value, minimum: int = 1) -> int:
+    """Return `value` as an int if it is an integer (or an integral float) >= minimum, else
+    raise ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
+    if value < minimum:
+        raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Pit:
     """Geometry of l1 for one (depth, width): the start (pit minimum) and the barrier."""

@@ -61,7 +61,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from scipy.special import gammaln, logsumexp
 
-from .landscape import check_positive, find_pit, g0, gpit
+from .landscape import check_int, check_positive, find_pit, g0, gpit
 
 WEIGHT_CUTOFF = 1e-16  # binomial weights below this are dropped (and their mass reported)
 W_FLOOR = -2.0  # no grid reaches left of this: |g0| < 1e-6 there, the landscape is flat
@@ -356,17 +356,6 @@ def _check_budgets(budgets) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
-            value = int(value)
-        else:
-            raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
-    if value < minimum:
-        raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
-    return int(value)
-
-
 def _check_finite(name, value):
     try:
         v = float(value)
@@ -462,7 +451,7 @@ def solve_grid(T, batch_size, depth, width, n_intervals, *, start=None, w_lo=Non
     """tau (steps) on one fixed grid of n_intervals intervals (widened as needed), and its node
     count: the building block of markov_cell, for convergence studies."""
     cell = _make_cell(T, batch_size, depth, width, start, w_lo)
-    n = _check_int("n_intervals", n_intervals, 16)
+    n = check_int("n_intervals", n_intervals, 16)
     for _ in range(8):
         try:
             return cell.tau(n)
@@ -473,7 +462,7 @@ def solve_grid(T, batch_size, depth, width, n_intervals, *, start=None, w_lo=Non
 
 def _make_cell(T, batch_size, depth, width, start, w_lo):
     T = check_positive("T", T)
-    B = _check_int("batch_size", batch_size, 1)
+    B = check_int("batch_size", batch_size, 1)
     depth = check_positive("depth", depth)
     width = check_positive("width", width)
     pit = find_pit(depth, width)
@@ -501,7 +490,7 @@ def markov_cell(T, batch_size, depth, width, budgets=(), *, rel_tol=1e-3, start=
     """
     budgets = _check_budgets(budgets)
     rel_tol = check_positive("rel_tol", rel_tol)
-    max_nodes = _check_int("max_nodes", max_nodes, 2 * _FIRST_INTERVALS + 1)
+    max_nodes = check_int("max_nodes", max_nodes, 2 * _FIRST_INTERVALS + 1)
     cell = _make_cell(T, batch_size, depth, width, start, w_lo)
     for _ in range(8):
         try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .kernels import DIVERGED, escape_steps
-from .landscape import check_positive, find_pit
+from .landscape import check_int, check_positive, find_pit
 
 
 def canonical(value: float) -> str:
@@ -36,17 +36,6 @@ def cell_key(seed: int, T: float, batch_size: int, depth: float, width: float) -
     return np.uint64(int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little"))
 
 
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
-            value = int(value)
-        else:
-            raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
-    if value < minimum:
-        raise ValueError(f"{name}={value!r}: must be an integer >= {minimum}")
-    return int(value)
-
-
 def simulate(T, steps, batch_size, depth, width, walkers, seed, start=None) -> np.ndarray:
     """Escape step of each walker of one cell: int64 array, -1 not escaped, -2 diverged.
 
@@ -57,10 +46,10 @@ def simulate(T, steps, batch_size, depth, width, walkers, seed, start=None) -> n
     T = check_positive("T", T)
     depth = check_positive("depth", depth)
     width = check_positive("width", width)
-    steps = _check_int("steps", steps)
-    batch_size = _check_int("batch_size", batch_size)
-    walkers = _check_int("walkers", walkers)
-    seed = _check_int("seed", seed, minimum=0)
+    steps = check_int("steps", steps)
+    batch_size = check_int("batch_size", batch_size)
+    walkers = check_int("walkers", walkers)
+    seed = check_int("seed", seed, minimum=0)
     pit = find_pit(depth, width)
     if start is None:
         w0 = pit.w_start

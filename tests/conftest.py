@@ -16,6 +16,8 @@ def escaped_within(esc, steps):
     return float(((esc > 0) & (esc <= steps)).mean())
 
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -65,34 +67,33 @@ def assert_cubes_equal(a, b):
         assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), v
 
 
-@pytest.fixture
-def dask_processes(tmp_path):
-    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1; yields the address."""
+@contextlib.contextmanager
+def dask_on_loopback(workdir, n_workers=2, scheduler_args=(), worker_args=(), security=None):
+    """Real `dask scheduler` and `dask worker` processes on 127.0.0.1 (each in its own session,
+    killed on exit); yields (address, processes). Extra CLI args e.g. for TLS."""
     bindir = Path(sys.executable).parent
-    sched_file = tmp_path / "scheduler.json"
+    sched_file = Path(workdir) / "scheduler.json"
     procs = []
     env = os.environ | {"PYTHONWARNINGS": "ignore"}
     try:
         procs.append(subprocess.Popen(
             [str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0",
-             "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file)],
+             "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file), *scheduler_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True))
         deadline = time.time() + 60
         while not sched_file.exists() and time.time() < deadline:
             time.sleep(0.1)
-        import json
-
         time.sleep(0.2)
         addr = json.loads(sched_file.read_text())["address"]
-        for _ in range(2):
+        for _ in range(n_workers):
             procs.append(subprocess.Popen(
                 [str(bindir / "dask"), "worker", addr, "--nthreads", "1", "--host", "127.0.0.1",
-                 "--no-dashboard", "--nworkers", "1"],
+                 "--no-dashboard", "--nworkers", "1", *worker_args],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True))
         from distributed import Client
 
-        with Client(addr, timeout="30s") as c:
-            c.wait_for_workers(2, timeout=60)
+        with Client(addr, security=security, timeout="30s") as c:
+            c.wait_for_workers(n_workers, timeout=60)
         yield addr, procs
     finally:
         for p in procs:
@@ -101,3 +102,10 @@ def dask_processes(tmp_path):
             except ProcessLookupError:
                 pass
             p.wait(timeout=30)
+
+
+@pytest.fixture
+def dask_processes(tmp_path):
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1; yields (address, procs)."""
+    with dask_on_loopback(tmp_path) as got:
+        yield got

@@ -20,7 +20,7 @@ pytest.importorskip("cryptography")
 from cryptography import x509  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
 
-from conftest import write_spec  # noqa: E402
+from conftest import dask_on_loopback, write_spec  # noqa: E402
 from pipeline import deploy  # noqa: E402
 from pipeline.cli import main  # noqa: E402
 from pipeline.deploy import ClusterOptions, make_security, open_client  # noqa: E402
@@ -55,35 +55,10 @@ def tls_args(d, role):
 @pytest.fixture(scope="module")
 def tls_cluster(certs, tmp_path_factory):
     """A TLS `dask scheduler` and one `dask worker` process on 127.0.0.1; yields the tls:// address."""
-    sched_file = tmp_path_factory.mktemp("sched") / "scheduler.json"
-    env = os.environ | {"PYTHONWARNINGS": "ignore"}
-    procs = []
-    try:
-        procs.append(subprocess.Popen(
-            [str(BIN / "dask"), "scheduler", "--protocol", "tls", "--host", "127.0.0.1", "--port", "0",
-             "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(sched_file), *tls_args(certs, "scheduler")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True))
-        deadline = time.time() + 60
-        while not sched_file.exists() and time.time() < deadline:
-            time.sleep(0.1)
-        time.sleep(0.2)
-        addr = json.loads(sched_file.read_text())["address"]
-        procs.append(subprocess.Popen(
-            [str(BIN / "dask"), "worker", addr, "--host", "127.0.0.1", "--nthreads", "1", "--nworkers", "1",
-             "--no-dashboard", *tls_args(certs, "worker")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True))
-        from distributed import Client
-
-        with Client(addr, security=client_security(certs), timeout="30s") as c:
-            c.wait_for_workers(1, timeout=60)
+    with dask_on_loopback(tmp_path_factory.mktemp("sched"), n_workers=1,
+                          scheduler_args=["--protocol", "tls", *tls_args(certs, "scheduler")],
+                          worker_args=tls_args(certs, "worker"), security=client_security(certs)) as (addr, _):
         yield addr
-    finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait(timeout=30)
 
 
 # ---------------------------------------------------------------- the script
