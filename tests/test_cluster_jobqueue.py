@@ -224,7 +224,8 @@ def test_sweep_outlives_walltime_through_fake_slurm(tmp_path, fake_slurm, monkey
     from pipeline import run_sweep
     from pipeline.runner import RunOptions
 
-    kw = dict(walkers=20000, T="{start = 0.006, stop = 0.009, num = 12}", steps="[100, 20000]", batch_size="[1]")
+    # ~6 s of kernel work on two workers: longer than the 4 s worker lifetime, so jobs must be replaced
+    kw = dict(walkers=20000, T="{start = 0.006, stop = 0.009, num = 24}", steps="[100, 20000]", batch_size="[1]")
     f = write_spec(tmp_path, name="s", **kw)
     monkeypatch.setenv(deploy.JOBQUEUE_ENV, str(_fake_yaml(tmp_path, lifetime="4s", stagger="1s")))
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}):
