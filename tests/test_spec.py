@@ -7,27 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SPEC
 from pipeline.cli import main
 from pipeline.spec import parse_spec
 
-GOOD = """\
-name = "t"
-seed = 3
-walkers = 100
-[axes]
-T = {T}
-steps = {steps}
-batch_size = {batch_size}
-depth = {depth}
-width = {width}
-[output]
-path = "{path}"
-"""
-DEFAULTS = dict(T="[0.01, 0.02]", steps="[100, 1000]", batch_size="[1]", depth="[1.0]", width="[0.1]", path="x.zarr")
+DEFAULTS = dict(name="t", seed=3, walkers=100, T="[0.01, 0.02]", steps="[100, 1000]", batch_size="[1]",
+                depth="[1.0]", width="[0.1]", path="x.zarr")
 
 
 def spec_text(**kw):
-    return GOOD.format(**(DEFAULTS | kw))
+    return SPEC.format(**(DEFAULTS | kw))
 
 
 def check_bad(tmp_path, capsys, text, *needles, extra=()):
