@@ -113,3 +113,17 @@ def write_cube(ds: xr.Dataset, path) -> str:
         warnings.simplefilter("ignore")
         zarr.consolidate_metadata(str(path))
     return str(path)
+
+
+def assert_survival_matches_counts(ds: xr.Dataset) -> None:
+    """S(n) read off escape_hist at each budget equals 1 - n_escaped / n_walkers there."""
+    cells = ("T", "batch_size", "depth", "width")
+    edges = np.append(ds["escape_step_lo"].values, ds["escape_step_hi"].values[-1])
+    hist = ds["escape_hist"].transpose(*cells, "escape_step_bin").values
+    for s in ds["steps"].values:
+        n = ds["n_walkers"].sel(steps=s).transpose(*cells).values
+        k = ds["n_escaped"].sel(steps=s).transpose(*cells).values
+        sv = stats.survival_from_hist(hist, edges, n, budget=int(s))
+        assert sv.time[-1] == s
+        np.testing.assert_allclose(sv.survival[..., -1], 1 - k / n, atol=1e-12)
+        np.testing.assert_allclose(sv.at(s), 1 - k / n, atol=1e-12)

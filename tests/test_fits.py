@@ -10,7 +10,7 @@ import xarray as xr
 import pipeline
 from pipeline import fits, stats
 from pipeline.cli import UsageError
-from synth import arrhenius, synthetic_cube, write_cube
+from synth import arrhenius, assert_survival_matches_counts, synthetic_cube, write_cube
 
 A, B_ = -2.0, 0.1  # ln tau = A + B_/T
 
@@ -89,15 +89,7 @@ def test_unbounded_cells_listed_with_reason():
 def test_survival_from_cube_hist_matches_counts_at_budgets():
     T = np.linspace(0.010, 0.020, 4)
     ds = synthetic_cube(T, steps=[50, 100, 1000], batch_size=[1, 2], walkers=1500, seed=4, diverged=0)
-    edges = np.append(ds["escape_step_lo"].values, ds["escape_step_hi"].values[-1])
-    hist = ds["escape_hist"].transpose("T", "batch_size", "depth", "width", "escape_step_bin").values
-    for s in ds["steps"].values:
-        n = ds["n_walkers"].sel(steps=s).transpose("T", "batch_size", "depth", "width").values
-        k = ds["n_escaped"].sel(steps=s).transpose("T", "batch_size", "depth", "width").values
-        sv = stats.survival_from_hist(hist, edges, n, budget=int(s))
-        assert sv.time[-1] == s
-        np.testing.assert_allclose(sv.survival[..., -1], 1 - k / n, atol=1e-12)
-        np.testing.assert_allclose(sv.at(s), 1 - k / n, atol=1e-12)
+    assert_survival_matches_counts(ds)
 
 
 def test_memorylessness_in_fits():
