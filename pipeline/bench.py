@@ -10,12 +10,11 @@ import json
 import platform
 import time
 
-import numpy as np
 
-from .kernels import escape_steps
-from .landscape import find_pit
-from .reference import numpy_escape_steps, scalar_escape_steps
-from .task import cell_key, walker_steps
+from .model.kernels import escape_steps
+from .model.landscape import find_pit
+from .model.reference import numpy_escape_steps, scalar_escape_steps
+from .sweep.task import cell_key, walker_steps
 
 IMPLEMENTATIONS = ("kernel", "scalar_numba", "numpy")
 
@@ -107,8 +106,8 @@ width = {{ start = 0.05, stop = 0.15, num = 5 }}
 
 def _sweep_once(text, store, n_workers, task_seconds):
     from .deploy import ClusterOptions
-    from .runner import RunOptions, run_sweep
-    from .spec import parse_spec
+    from .sweep.runner import RunOptions, run_sweep
+    from .sweep.spec import parse_spec
 
     spec = parse_spec(text, "<bench>", output=str(store))
     opts = RunOptions(cluster=ClusterOptions(n_workers=n_workers), progress=False, task_seconds=task_seconds)

@@ -10,50 +10,43 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 
-
-class UsageError(Exception):
-    """Bad input: reported as one line on stderr with exit code 2, before any compute."""
+from .errors import InputError, RunError
 
 
 # ---------------------------------------------------------------- run / validate
 def _load(args):
-    from .spec import SpecError, load_spec
+    from .sweep.spec import load_spec
 
-    try:
-        return load_spec(args.spec, output=getattr(args, "output", None), yes=getattr(args, "yes", False))
-    except SpecError as e:
-        raise UsageError(str(e)) from None
+    return load_spec(args.spec, output=getattr(args, "output", None), yes=getattr(args, "yes", False))
 
 
 def _cluster_options(args):
     from .deploy import ClusterOptions, make_security
 
     if args.workers is not None and args.workers < 1:
-        raise UsageError(f"--workers {args.workers}: must be >= 1")
+        raise InputError(f"--workers {args.workers}: must be >= 1")
     if args.jobs is not None and args.jobs < 1:
-        raise UsageError(f"--jobs {args.jobs}: must be >= 1")
+        raise InputError(f"--jobs {args.jobs}: must be >= 1")
     if args.scheduler and args.cluster != "local":
-        raise UsageError(f"--scheduler {args.scheduler} and --cluster {args.cluster}: give one or the other")
+        raise InputError(f"--scheduler {args.scheduler} and --cluster {args.cluster}: give one or the other")
     security = make_security(args.tls_ca_file, args.tls_cert, args.tls_key)
     if args.jobqueue_config and args.cluster == "local":
-        raise UsageError(f"--jobqueue-config {args.jobqueue_config}: only with --cluster slurm or pbs")
+        raise InputError(f"--jobqueue-config {args.jobqueue_config}: only with --cluster slurm or pbs")
     return ClusterOptions(scheduler=args.scheduler, cluster=args.cluster, n_workers=args.workers,
                           jobs=args.jobs, security=security, jobqueue_config=args.jobqueue_config)
 
 
 def _run(args) -> int:
-    from .lock import LockedError
-    from .runner import RunOptions, run_sweep
+    from .sweep.runner import RunOptions, run_sweep
 
     spec = _load(args)
     if args.task_seconds <= 0:
-        raise UsageError(f"--task-seconds {args.task_seconds}: must be > 0")
+        raise InputError(f"--task-seconds {args.task_seconds}: must be > 0")
     if args.retries < 0:
-        raise UsageError(f"--retries {args.retries}: must be >= 0")
+        raise InputError(f"--retries {args.retries}: must be >= 0")
     opts = RunOptions(cluster=_cluster_options(args), overwrite=args.overwrite, task_seconds=args.task_seconds,
-                      retries=args.retries, progress=not args.quiet, max_chunks=args.max_chunks)
+                      retries=args.retries, progress=not args.quiet)
     try:
         summary = run_sweep(spec, opts, output=args.output)
     except KeyboardInterrupt:
@@ -64,11 +57,8 @@ def _run(args) -> int:
         else:
             print("\nescape-sweep: interrupted before the store was created; nothing was written", file=sys.stderr)
         return 130
-    except UsageError:
+    except (InputError, RunError):
         raise
-    except LockedError as e:
-        print(f"escape-sweep: {e}", file=sys.stderr)
-        return 1
     except Exception as e:  # a failure at run time: one line, the store keeps what was finished
         path = args.output or spec.output
         kept = (f"; finished chunks are kept in {path} and the same `run` resumes" if _is_cube(path)
@@ -80,22 +70,19 @@ def _run(args) -> int:
 
 
 def _is_cube(path) -> bool:
-    from .cube import is_cube
+    from .sweep.store import is_cube
 
     return is_cube(path)
 
 
 def _validate(args) -> int:
     """Check each spec; print grid, chunking, tasks and a work bound. Exit 2 at the first bad one."""
-    from . import partition
-    from .spec import SpecError, load_spec
+    from .sweep import partition
+    from .sweep.spec import load_spec
 
     reports = []
     for path in args.spec:
-        try:
-            spec = load_spec(path, output=args.output, yes=args.yes)
-        except SpecError as e:
-            raise UsageError(str(e)) from None
+        spec = load_spec(path, output=args.output, yes=args.yes)
         chunks = partition.chunk_shape(spec, args.task_seconds)
         n_chunks = math.prod(partition.chunk_grid(spec, chunks))
         blocks = len(partition.walker_blocks(spec, chunks, args.task_seconds))
@@ -118,26 +105,26 @@ def _validate(args) -> int:
 
 # ---------------------------------------------------------------- status / query
 def _open(path):
-    from . import cube
+    from .sweep import store
 
-    if not cube.is_cube(path):
-        raise UsageError(f"{path}: not an escape-sweep cube (no such store, or not made by escape-sweep)")
-    return cube.open_cube(path)
+    if not store.is_cube(path):
+        raise InputError(f"{path}: not an escape-sweep cube (no such store, or not made by escape-sweep)")
+    return store.open_cube(path)
 
 
 def _status(args) -> int:
-    from . import cube, partition
+    from .sweep import cube, store
 
     ds = _open(args.store)
-    g = cube.open_group(args.store, mode="r")
-    done = cube.done_mask(g)
+    g = store.open_group(args.store, mode="r")
+    done = store.done_mask(g)
     chunks = tuple(ds.attrs["chunk_shape"])
     total, n_done = done.size, int(done.sum())
     missing = [tuple(int(i) for i in idx) for idx in zip(*(~done).nonzero())]
     lines = [f"store: {args.store}", f"name: {ds.attrs.get('name')}  method: {ds.attrs.get('method')}  "
              f"seed: {ds.attrs.get('seed')}  spec hash: {str(ds.attrs.get('spec_hash'))[:12]}",
              f"created: {ds.attrs.get('created')}  completed: {ds.attrs.get('completed') or '-'}",
-             f"grid: " + ", ".join(f"{d}={ds.sizes[d]}" for d in ("T", "steps", "batch_size", "depth", "width")),
+             "grid: " + ", ".join(f"{d}={ds.sizes[d]}" for d in ("T", "steps", "batch_size", "depth", "width")),
              f"chunks: {n_done}/{total} done ({100.0 * n_done / total:.1f}%), chunk shape {list(chunks)} over "
              f"{', '.join(cube.CELL_DIMS)}"]
     cells_done = 0
@@ -178,14 +165,11 @@ def _query(args) -> int:
     names = args.var or ["p_escape", "log10_escape_time"]
     for v in names:
         if v not in ds.data_vars:
-            raise UsageError(f"--var {v}: no such variable; the cube has {', '.join(sorted(ds.data_vars))}")
-    from .select import SelectionError, apply_range, apply_sel, parse_sel
+            raise InputError(f"--var {v}: no such variable; the cube has {', '.join(sorted(ds.data_vars))}")
+    from .analysis.select import apply_range, apply_sel, parse_sel
 
-    try:
-        sub = apply_range(apply_sel(ds[names], parse_sel(args.sel)), args.range).compute()
-    except SelectionError as e:
-        raise UsageError(str(e)) from None
-    from .cube import DIMS5
+    sub = apply_range(apply_sel(ds[names], parse_sel(args.sel)), args.range).compute()
+    from .sweep.cube import DIMS5
 
     df = sub.to_dataframe().reset_index()
     cols = [d for d in DIMS5 if d in df.columns] + [c for c in df.columns if c not in DIMS5 and c in sub.dims]
@@ -235,7 +219,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tls-cert", help="client certificate (PEM)")
     r.add_argument("--tls-key", help="client private key (PEM)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress line")
-    r.add_argument("--max-chunks", type=int, help=argparse.SUPPRESS)
     r.set_defaults(func=_run)
 
     v = sub.add_parser("validate", help="check specs; print grid size, tasks and work, compute nothing")
@@ -247,12 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=_validate)
 
     s = sub.add_parser("status", help="what a store holds: chunks done, missing, provenance")
-    s.add_argument("store")
+    s.add_argument("store", metavar="STORE")
     s.add_argument("--max-missing", type=int, default=20, help="missing chunks to list (default 20)")
     s.set_defaults(func=_status)
 
     q = sub.add_parser("query", help="print variables of a cube as a table, CSV or JSON")
-    q.add_argument("store")
+    q.add_argument("store", metavar="STORE")
     q.add_argument("--var", nargs="+", action="extend", help="variables (default p_escape, log10_escape_time)")
     q.add_argument("--sel", nargs="+", action="extend", default=[], metavar="DIM=VALUE",
                    help="nearest coordinate value (within 1%% for floats, exact for integers); DIM=V1,V2 keeps several")
@@ -271,23 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--grid-cells", type=int, default=100_000, help="cells of the large-grid run (0: skip)")
     b.set_defaults(func=_bench)
 
-    for mod in _plugin_modules():
-        mod.add_parser(sub)
+    from .analysis.commands import add_parsers
+
+    add_parsers(sub)
     return p
-
-
-def _plugin_modules():
-    """Modules that add their own subcommands (analysis): each has add_parser(subparsers)."""
-    import importlib
-
-    mods = []
-    for name in ("plots", "fits", "report"):
-        try:
-            mods.append(importlib.import_module(f"pipeline.{name}"))
-        except ModuleNotFoundError as e:
-            if e.name != f"pipeline.{name}":
-                raise
-    return [m for m in mods if hasattr(m, "add_parser")]
 
 
 def main(argv=None) -> int:
@@ -295,9 +265,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except UsageError as e:
+    except InputError as e:
         print(f"escape-sweep: error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:
+        print(f"escape-sweep: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("escape-sweep: interrupted", file=sys.stderr)
         return 130

@@ -13,7 +13,8 @@ import numpy as np
 import xarray as xr
 
 from pipeline import stats
-from pipeline.task import histogram_edges, summarize
+from pipeline.sweep.partition import histogram_edges
+from pipeline.sweep.task import summarize
 
 DIMS5 = ("T", "steps", "batch_size", "depth", "width")
 

@@ -13,9 +13,10 @@ import dask.config
 import psutil
 import pytest
 
-from conftest import write_spec
-from pipeline import deploy
-from pipeline.cli import UsageError, build_parser
+from helpers import write_spec
+from pipeline.deploy import clusters as deploy
+from pipeline.cli import build_parser
+from pipeline.errors import InputError
 from pipeline.deploy import ClusterOptions, cluster_names, make_security, open_client
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,13 +50,13 @@ def test_a_new_deployment_is_one_registry_entry(monkeypatch):
 
 
 def test_unknown_cluster_is_a_usage_error():
-    with pytest.raises(UsageError, match="--cluster nope: unknown .*local"):
+    with pytest.raises(InputError, match="--cluster nope: unknown .*local"):
         with open_client(ClusterOptions(cluster="nope")):
             pass
 
 
 def test_tls_scheduler_address_without_certificates_is_a_usage_error():
-    with pytest.raises(UsageError, match=r"--scheduler tls://127.0.0.1:1: .*--tls-ca-file"):
+    with pytest.raises(InputError, match=r"--scheduler tls://127.0.0.1:1: .*--tls-ca-file"):
         with open_client(ClusterOptions(scheduler="tls://127.0.0.1:1")):
             pass
 
@@ -110,17 +111,17 @@ def test_make_security_missing_file_names_option_and_path(tmp_path, which):
     files = {"ca": str(d / "ca.pem"), "cert": str(d / "client.pem"), "key": str(d / "client-key.pem")}
     files[which] = str(tmp_path / "nope.pem")
     opt = {"ca": "--tls-ca-file", "cert": "--tls-cert", "key": "--tls-key"}[which]
-    with pytest.raises(UsageError, match=f"^{opt} {tmp_path / 'nope.pem'}: no such file$"):
+    with pytest.raises(InputError, match=f"^{opt} {tmp_path / 'nope.pem'}: no such file$"):
         make_security(files["ca"], files["cert"], files["key"])
 
 
 def test_make_security_partial_and_mismatched(tmp_path):
     d = _certs(tmp_path)
-    with pytest.raises(UsageError, match=r"missing --tls-cert, --tls-key"):
+    with pytest.raises(InputError, match=r"missing --tls-cert, --tls-key"):
         make_security(str(d / "ca.pem"), None, None)
-    with pytest.raises(UsageError, match="--tls-cert .* not a matching PEM certificate and key"):
+    with pytest.raises(InputError, match="--tls-cert .* not a matching PEM certificate and key"):
         make_security(str(d / "ca.pem"), str(d / "client.pem"), str(d / "ca-key.pem"))
-    with pytest.raises(UsageError, match="--tls-ca-file .*not a PEM CA certificate"):
+    with pytest.raises(InputError, match="--tls-ca-file .*not a PEM CA certificate"):
         make_security(str(d / "client-key.pem"), str(d / "client.pem"), str(d / "client-key.pem"))
 
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import assert_cubes_equal, write_spec
+from helpers import assert_cubes_equal, write_spec
 from pipeline.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,14 +12,15 @@ import dask.config
 import pytest
 import yaml
 
-from conftest import assert_cubes_equal, write_spec
-from pipeline import deploy
-from pipeline.cli import UsageError, main
+from helpers import assert_cubes_equal, write_spec
+from pipeline.deploy import clusters as deploy
+from pipeline.cli import main
+from pipeline.errors import InputError
 from pipeline.deploy import ClusterOptions
 
 try:  # through deploy, which keeps pytest's Ctrl-C handler (dask_jobqueue replaces it on import)
     deploy._import_jobqueue("slurm")
-except UsageError:
+except InputError:
     pytest.skip("dask-jobqueue is not installed", allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def _seconds(text):
 def test_importing_dask_jobqueue_keeps_the_ctrl_c_handler():
     import subprocess
 
-    code = ("import signal, sys; sys.path.insert(0, %r); from pipeline import deploy; "
+    code = ("import signal, sys; sys.path.insert(0, %r); from pipeline.deploy import clusters as deploy; "
             "h = signal.getsignal(signal.SIGINT); deploy._import_jobqueue('slurm'); "
             "assert 'dask_jobqueue' in sys.modules and signal.getsignal(signal.SIGINT) is h" % str(ROOT))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -118,9 +119,9 @@ def test_config_file_precedence(tmp_path, monkeypatch):
         assert deploy.jobqueue_settings("slurm")[0]["cores"] == 5
         assert deploy.jobqueue_settings("slurm", str(opt_file))[0]["cores"] == 7
         monkeypatch.setenv(deploy.JOBQUEUE_ENV, str(tmp_path / "missing.yaml"))
-        with pytest.raises(UsageError, match=f"^{deploy.JOBQUEUE_ENV} .*missing.yaml: no such file$"):
+        with pytest.raises(InputError, match=f"^{deploy.JOBQUEUE_ENV} .*missing.yaml: no such file$"):
             deploy.jobqueue_settings("slurm")
-        with pytest.raises(UsageError, match="no 'jobqueue: pbs:' section"):
+        with pytest.raises(InputError, match="no 'jobqueue: pbs:' section"):
             deploy.jobqueue_settings("pbs", str(env_file))
 
 
@@ -140,7 +141,7 @@ def test_dask_config_section_alone_works(tmp_path, monkeypatch):
 
 def test_unknown_key_in_yaml_is_a_usage_error_naming_the_file(tmp_path):
     path, _ = _local_copy(tmp_path, "slurm", cpus=4)
-    with pytest.raises(UsageError, match=rf"jobqueue.slurm settings \(from {re.escape(str(path))}\): .*cpus"):
+    with pytest.raises(InputError, match=rf"jobqueue.slurm settings \(from {re.escape(str(path))}\): .*cpus"):
         deploy.jobqueue_cluster("slurm", ClusterOptions(cluster="slurm", jobqueue_config=str(path)), start_jobs=False)
 
 
@@ -222,7 +223,7 @@ def test_sweep_outlives_walltime_through_fake_slurm(tmp_path, fake_slurm, monkey
     from distributed import LocalCluster
 
     from pipeline import run_sweep
-    from pipeline.runner import RunOptions
+    from pipeline.sweep.runner import RunOptions
 
     # ~6 s of kernel work on two workers: longer than the 4 s worker lifetime, so jobs must be replaced
     kw = dict(walkers=20000, T="{start = 0.006, stop = 0.009, num = 24}", steps="[100, 20000]", batch_size="[1]")

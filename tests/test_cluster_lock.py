@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.lock import LockedError, StoreLock, lock_path
+from pipeline.sweep.lock import LockedError, StoreLock, lock_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 HOLDER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
-    from pipeline.lock import StoreLock
+    from pipeline.sweep.lock import StoreLock
     with StoreLock({store!r}, timeout={timeout}, interval=0.2):
         print("held", flush=True)
         time.sleep(120)
@@ -28,7 +28,7 @@ HOLDER = textwrap.dedent("""
 CONTENDER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
-    from pipeline.lock import LockedError, StoreLock
+    from pipeline.sweep.lock import LockedError, StoreLock
     while time.time() < {go}:
         time.sleep(0.002)
     try:
@@ -169,8 +169,8 @@ def test_object_store_urls_are_not_locked(tmp_path, capsys):
 
 
 def test_two_runs_on_one_store_refuse_each_other_and_a_killed_run_is_taken_over(tmp_path, procs):
-    from conftest import write_spec
-    from pipeline import cube
+    from helpers import write_spec
+    from pipeline.sweep import store as cube
 
     # ~10 s of kernel work on one worker: the second run must find the first still running
     f = write_spec(tmp_path, name="l", walkers=20000, T="{start = 0.006, stop = 0.009, num = 48}",

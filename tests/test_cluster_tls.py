@@ -3,14 +3,11 @@
 embedded cluster with TLS."""
 
 import ipaddress
-import json
 import os
-import signal
 import ssl
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,8 +17,8 @@ pytest.importorskip("cryptography")
 from cryptography import x509  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
 
-from conftest import dask_on_loopback, write_spec  # noqa: E402
-from pipeline import deploy  # noqa: E402
+from helpers import dask_on_loopback, write_spec  # noqa: E402
+from pipeline.deploy import clusters as deploy  # noqa: E402
 from pipeline.cli import main  # noqa: E402
 from pipeline.deploy import ClusterOptions, make_security, open_client  # noqa: E402
 
@@ -110,7 +107,7 @@ def test_sweep_over_tls_with_the_client_certificate(tls_cluster, certs, tmp_path
     f = write_spec(tmp_path, name="tls", walkers=300)
     assert main(["run", str(f), "--scheduler", tls_cluster, *tls_args(certs, "client"), "-q"]) == 0
     assert capsys.readouterr().out.startswith("done: ")
-    from pipeline import cube
+    from pipeline.sweep import store as cube
 
     done, total = cube.chunk_count(tmp_path / "tls.zarr")
     assert done == total > 0

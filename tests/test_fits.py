@@ -1,6 +1,5 @@
 """pipeline.fits on synthetic cubes drawn from known laws (tests/synth.py)."""
 
-import argparse
 import json
 
 import numpy as np
@@ -8,8 +7,9 @@ import pytest
 import xarray as xr
 
 import pipeline
-from pipeline import fits, stats
-from pipeline.cli import UsageError
+from pipeline.analysis import fits
+from pipeline.errors import InputError
+from helpers import run_cli
 from synth import arrhenius, assert_survival_matches_counts, synthetic_cube, write_cube
 
 A, B_ = -2.0, 0.1  # ln tau = A + B_/T
@@ -139,38 +139,30 @@ def test_write_and_open_fits_roundtrip(tmp_path):
         pipeline.open_fits(write_cube(ds, tmp_path / "d.zarr"))
 
 
-def _run(argv):
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers()
-    fits.add_parser(sub)
-    args = p.parse_args(argv)
-    return args.func(args)
-
-
 def test_fit_command(tmp_path, capsys):
     ds = synthetic_cube([0.004, 0.01, 0.012, 0.014, 0.016], steps=[100, 1000], walkers=800, seed=6)
     path = write_cube(ds, tmp_path / "c.zarr")
-    assert _run(["fit", path]) == 0
+    assert run_cli(["fit", path]) == 0
     out = capsys.readouterr().out
     assert "ln tau = a + b / T" in out and "Cells left out of every fit" in out
     assert (tmp_path / "c.zarr" / "fits" / "zarr.json").exists()
-    assert _run(["fit", path, "--budget", "1000", "--format", "json", "--no-save"]) == 0
+    assert run_cli(["fit", path, "--budget", "1000", "--format", "json", "--no-save"]) == 0
     j = json.loads(capsys.readouterr().out)
     assert [r["steps"] for r in j["arrhenius"]] == [1000]
     assert j["arrhenius"][0]["n_cells"] == 4 and j["unbounded"][0]["T"] == 0.004
-    with pytest.raises(UsageError, match="--budget=500: not a step budget.*100, 1000"):
-        _run(["fit", path, "--budget", "500"])
-    assert _run(["fit", path, "--T-range", "0.01:0.014", "--no-save"]) == 0
+    with pytest.raises(InputError, match="--budget=500: not a step budget.*100, 1000"):
+        run_cli(["fit", path, "--budget", "500"])
+    assert run_cli(["fit", path, "--T-range", "0.01:0.014", "--no-save"]) == 0
     text = capsys.readouterr().out
     assert "0.01 <= T <= 0.014" in text and "left out: outside t_range at T = 0.016" in text
-    with pytest.raises(UsageError, match="--T-range 0.02: expected LO:HI"):
-        _run(["fit", path, "--T-range", "0.02"])
-    with pytest.raises(UsageError, match="no such file"):
-        _run(["fit", str(tmp_path / "missing.zarr")])
+    with pytest.raises(InputError, match="--T-range 0.02: expected LO:HI"):
+        run_cli(["fit", path, "--T-range", "0.02"])
+    with pytest.raises(InputError, match="no such file"):
+        run_cli(["fit", str(tmp_path / "missing.zarr")])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UsageError, match="not a Zarr store"):
-        _run(["fit", str(tmp_path / "empty")])
+    with pytest.raises(InputError, match="not a Zarr store"):
+        run_cli(["fit", str(tmp_path / "empty")])
     other = tmp_path / "other.zarr"
     xr.Dataset({"a": ("x", np.arange(3))}).to_zarr(other, zarr_format=3, consolidated=False)
-    with pytest.raises(UsageError, match="not an escape-sweep cube: dims T, steps"):
-        _run(["fit", str(other)])
+    with pytest.raises(InputError, match="not an escape-sweep cube: dims T, steps"):
+        run_cli(["fit", str(other)])

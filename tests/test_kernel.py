@@ -7,12 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import escaped_within, prob_se
+from helpers import escaped_within, prob_se
 from pipeline import simulate
-from pipeline.kernels import DIVERGED, NOT_ESCAPED, escape_steps
-from pipeline.landscape import find_pit
-from pipeline.reference import numpy_escape_steps, scalar_escape_steps
-from pipeline.task import cell_key, summarize
+from pipeline.model.kernels import DIVERGED, NOT_ESCAPED, escape_steps
+from pipeline.model.landscape import find_pit
+from pipeline.model.reference import numpy_escape_steps, scalar_escape_steps
+from pipeline.model.simulate import cell_key
+from pipeline.sweep.task import summarize
 
 
 def prob_run_within(run: int, steps: int, p: float = 0.5) -> float:

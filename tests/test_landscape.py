@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.landscape import find_pit, g0, g1, gpit, l0, l1
+from pipeline.model.landscape import find_pit, g0, g1, gpit, l0, l1
 
 
 def test_stationary_points_of_l1_match_the_post():

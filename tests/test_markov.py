@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from pipeline import simulate
-from pipeline.landscape import find_pit
-from pipeline.markov import (
+from pipeline.model.landscape import find_pit
+from pipeline.model.markov import (
     GridError, MarkovResult, W_FLOOR, binomial_weights, make_grid, markov_cell, solve_grid,
     step_images, transition_matrix,
 )
 from pipeline.stats import censored_rate
-from pipeline.task import walker_steps
+from pipeline.sweep.task import walker_steps
 
 PIT = find_pit(1.0, 0.1)
 

@@ -1,6 +1,5 @@
 """pipeline.plots and pipeline.report: valid PNGs with error bars, a self-contained HTML page."""
 
-import argparse
 import base64
 import html
 import html.parser
@@ -10,8 +9,10 @@ import numpy as np
 import pytest
 from matplotlib.container import ErrorbarContainer
 
-from pipeline import fits, plots, report
-from pipeline.cli import UsageError
+from pipeline.analysis import fits, plots, presets, report
+from pipeline.errors import SelectionError
+from pipeline.errors import InputError
+from helpers import run_cli
 from synth import arrhenius, assert_survival_matches_counts, synthetic_cube, write_cube
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -64,10 +65,10 @@ def test_plot_cube_png_with_errorbars(cube, tmp_path):
     assert fig.axes[0].get_xscale() == "log"
 
 
-@pytest.mark.parametrize("name", sorted(set(plots.PRESETS) - {"markov"}))  # markov: below
+@pytest.mark.parametrize("name", sorted(set(presets.PRESETS) - {"markov"}))  # markov: below
 def test_presets(cube, tmp_path, name):
     out = tmp_path / f"{name}.png"
-    fig = plots.preset(cube, name, out=out)
+    fig = presets.preset(cube, name, out=out)
     _check_png(out)
     ax = fig.axes[0]
     if name in ("p_escape", "escape_time", "batch"):
@@ -79,22 +80,14 @@ def test_presets(cube, tmp_path, name):
         assert ax.get_yscale() == "log" and len(ax.collections) >= 3  # Greenwood bands
 
 
-def _plot(argv):
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers()
-    plots.add_parser(sub)
-    args = p.parse_args(argv)
-    return args.func(args)
-
-
 def test_plot_command(store, tmp_path, capsys):
     out = str(tmp_path / "cli.png")
-    assert _plot(["plot", store, "--x", "T", "--y", "log10_escape_time", "--hue", "batch_size",
+    assert run_cli(["plot", store, "--x", "T", "--y", "log10_escape_time", "--hue", "batch_size",
                   "--sel", "steps=1000", "-o", out]) == 0
     _check_png(out)
     # nearest within tolerance: 0.01301 -> 0.013
-    assert _plot(["plot", store, "--x", "steps", "--y", "p_escape", "--sel", "T=0.01301", "batch_size=1", "-o", out]) == 0
-    assert _plot(["plot", store, "--preset", "survival", "--sel", "batch_size=2", "-o", out]) == 0
+    assert run_cli(["plot", store, "--x", "steps", "--y", "p_escape", "--sel", "T=0.01301", "batch_size=1", "-o", out]) == 0
+    assert run_cli(["plot", store, "--preset", "survival", "--sel", "batch_size=2", "-o", out]) == 0
     _check_png(out)
     bad = {
         "--y nope: no such variable": ["--x", "T", "--y", "nope", "--sel", "steps=100", "batch_size=1"],
@@ -108,16 +101,16 @@ def test_plot_command(store, tmp_path, capsys):
     }
     for msg, extra in bad.items():
         argv = ["plot", store] + extra + ([] if "-o" in extra else ["-o", out])
-        with pytest.raises(UsageError, match=msg):
-            _plot(argv)
+        with pytest.raises(InputError, match=msg):
+            run_cli(argv)
     # dims left open take defaults, said on stderr (the DESIGN example: no steps given)
     capsys.readouterr()
-    assert _plot(["plot", store, "--x", "T", "--y", "log10_escape_time", "--hue", "batch_size", "-o", out]) == 0
+    assert run_cli(["plot", store, "--x", "T", "--y", "log10_escape_time", "--hue", "batch_size", "-o", out]) == 0
     assert "using steps=1000" in capsys.readouterr().err
-    with pytest.raises(plots.PlotError, match="more than one value left on steps"):
+    with pytest.raises(SelectionError, match="more than one value left on steps"):
         plots.plot_cube(fits.load_cube(store), "T", "p_escape", sel={"batch_size": 1}, auto_sel=False)
-    with pytest.raises(UsageError, match="not a Zarr store"):
-        _plot(["plot", str(tmp_path), "--x", "T", "--y", "p_escape", "-o", out])
+    with pytest.raises(InputError, match="not a Zarr store"):
+        run_cli(["plot", str(tmp_path), "--x", "T", "--y", "p_escape", "-o", out])
 
 
 class _Collect(html.parser.HTMLParser):
@@ -138,11 +131,7 @@ class _Collect(html.parser.HTMLParser):
 
 def test_report(store, tmp_path, capsys):
     out = tmp_path / "report.html"
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers()
-    report.add_parser(sub)
-    args = p.parse_args(["report", store, "-o", str(out)])
-    assert args.func(args) == 0
+    assert run_cli(["report", store, "-o", str(out)]) == 0
     text = out.read_text(encoding="utf-8")
     parser = _Collect()
     parser.feed(text)
@@ -161,9 +150,8 @@ def test_report(store, tmp_path, capsys):
     assert "ln tau = a + b / T" in text and "Does T/B alone set tau?" in text
     assert "not run (n_walkers = 0) at T = 0.011" in text  # the unbounded list
     assert "no escapes (tau only bounded below) at T = 0.005" in text
-    with pytest.raises(UsageError, match="does not exist"):
-        args = p.parse_args(["report", store, "-o", str(tmp_path / "nodir" / "r.html")])
-        args.func(args)
+    with pytest.raises(InputError, match="does not exist"):
+        run_cli(["report", store, "-o", str(tmp_path / "nodir" / "r.html")])
 
 
 def test_on_a_real_cube_from_the_runner(tmp_path, capsys):
@@ -171,10 +159,10 @@ def test_on_a_real_cube_from_the_runner(tmp_path, capsys):
     and fit / plot / report run on the real layout (progress group, consolidated metadata)."""
     from distributed import LocalCluster
 
-    from conftest import write_spec
+    from helpers import write_spec
     from pipeline import open_cube, run_sweep
     from pipeline.deploy import ClusterOptions
-    from pipeline.runner import RunOptions
+    from pipeline.sweep.runner import RunOptions
     from pipeline import stats
 
     spec = write_spec(tmp_path, name="real", walkers=600, T="[0.012, 0.016, 0.02, 0.03]", steps="[20, 100, 1000]",
@@ -188,16 +176,11 @@ def test_on_a_real_cube_from_the_runner(tmp_path, capsys):
     tau = stats.escape_time(ds["n_escaped"].values, ds["exposure"].values)[0]
     np.testing.assert_allclose(np.log10(tau), ds["log10_escape_time"].values, equal_nan=True)
 
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers()
-    for mod in (fits, plots, report):
-        mod.add_parser(sub)
     for argv in (["fit", path], ["fit", path, "--T-range", "0.01:0.02", "--exponential-only", "--no-save"],
                  ["plot", path, "--preset", "p_escape", "-o", str(tmp_path / "p.png")],
                  ["plot", path, "--x", "T", "--y", "log10_escape_time", "--hue", "batch_size", "-o", str(tmp_path / "t.png")],
                  ["report", path, "-o", str(tmp_path / "r.html")]):
-        args = p.parse_args(argv)
-        assert args.func(args) == 0, argv
+        assert run_cli(argv) == 0, argv
     _check_png(tmp_path / "p.png")
     assert "ln tau = a + b / T" in capsys.readouterr().out
     f = fits.open_fits(path)
@@ -209,8 +192,8 @@ def test_on_a_real_cube_from_the_runner(tmp_path, capsys):
 def test_markov_variables_when_present(cube, tmp_path):
     """A method = "both" cube adds mfpt / mfpt_rel_error on the cell dims: drawn with error bars,
     a markov preset, and a figure in the report; absent, the preset says what is missing."""
-    with pytest.raises(plots.PlotError, match="no mfpt variable"):
-        plots.preset(cube, "markov")
+    with pytest.raises(SelectionError, match="no mfpt variable"):
+        presets.preset(cube, "markov")
     ds = cube.copy()
     tau = np.exp(-2.0 + 0.1 / ds["T"] + 0.3 * (ds["batch_size"] - 1))
     ds["mfpt"] = tau.expand_dims(depth=ds["depth"], width=ds["width"]).transpose("T", "batch_size", "depth", "width")
@@ -218,7 +201,7 @@ def test_markov_variables_when_present(cube, tmp_path):
     fig = plots.plot_cube(ds, "T", "mfpt", hue="batch_size", out=tmp_path / "m.png")
     assert [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
     assert fig.axes[0].get_yscale() == "log"
-    plots.preset(ds, "markov", out=tmp_path / "mk.png")
+    presets.preset(ds, "markov", out=tmp_path / "mk.png")
     _check_png(tmp_path / "mk.png")
     _, titles = report.render_report(ds)
     assert "Markov chain against Monte Carlo" in titles

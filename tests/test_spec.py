@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SPEC
+from helpers import SPEC
 from pipeline.cli import main
-from pipeline.spec import parse_spec
+from pipeline.sweep.spec import parse_spec
 
 DEFAULTS = dict(name="t", seed=3, walkers=100, T="[0.01, 0.02]", steps="[100, 1000]", batch_size="[1]",
                 depth="[1.0]", width="[0.1]", path="x.zarr")

@@ -7,7 +7,8 @@ import pytest
 from scipy import optimize, stats as st
 
 from pipeline import stats
-from pipeline.task import histogram_edges, summarize
+from pipeline.sweep.partition import histogram_edges
+from pipeline.sweep.task import summarize
 
 Z = 1.959963984540054  # normal 97.5% point
 

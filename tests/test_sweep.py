@@ -1,7 +1,6 @@
 """Sweeps end to end: spec -> Dask tasks on real clusters -> Zarr cube; determinism; resume."""
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -12,12 +11,13 @@ import pytest
 import xarray as xr
 from distributed import LocalCluster
 
-from conftest import assert_cubes_equal, write_spec
+from helpers import assert_cubes_equal, write_spec
 from pipeline import open_cube, run_sweep, simulate
-from pipeline import cube as cubemod
+from pipeline.sweep import cube as cube_layout
+from pipeline.sweep import store as cubemod
 from pipeline.cli import main
 from pipeline.deploy import ClusterOptions
-from pipeline.runner import RunOptions
+from pipeline.sweep.runner import RunOptions
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_cube_matches_simulate_exactly(tmp_path, cluster2):
                     lo, hi = float(c.p_escape_low), float(c.p_escape_high)
                     assert lo <= k / 700 <= hi
                 assert int(cell.escape_hist.sum()) == int((esc > 0).sum())
-    for v in cubemod.VARIABLES:
+    for v in cube_layout.VARIABLES:
         assert {"long_name", "units", "description"} <= set(ds[v].attrs), v
         assert ds[v].dims == ("T", "steps", "batch_size", "depth", "width")
     assert ds.attrs["seed"] == 7 and "spec" in ds.attrs and ds.attrs["completed"]
@@ -199,7 +199,7 @@ def test_query_csv_content(tmp_path, cluster2, capsys):
 
 
 def test_markov_and_both_methods_through_the_runner(tmp_path, cluster2):
-    from pipeline.markov import markov_cell
+    from pipeline.model.markov import markov_cell
 
     kw = dict(T="[0.015, 0.02]", steps="[100, 1000]", batch_size="[1, 2]")
     m = run_sweep(str(write_spec(tmp_path, name="m", method="markov", walkers=1, **kw)), opts(cluster2))

@@ -21,9 +21,7 @@ Command line: `escape-sweep fit CUBE [--budget N] [--format table|json] [--no-sa
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
-import sys
 import warnings
 from pathlib import Path
 
@@ -31,7 +29,8 @@ import numpy as np
 import xarray as xr
 from scipy import stats as _st
 
-from . import stats
+from .. import stats
+from ..errors import InputError, NotACube
 
 DIMS5 = ("T", "steps", "batch_size", "depth", "width")
 SLICE_DIMS = ("steps", "batch_size", "depth", "width")
@@ -44,14 +43,6 @@ STATUS = {BOUNDED: "bounded", NO_ESCAPES: "no escapes (tau only bounded below)",
           NOT_RUN: "not run (n_walkers = 0)", NO_EXPOSURE: "no exposure",
           NON_EXPONENTIAL: "left out: not memoryless (exponential_only)", OUTSIDE_T: "left out: outside t_range"}
 FLAG_MEANINGS = "bounded no_escapes not_run no_exposure non_exponential outside_t_range"
-
-
-class BadInput(ValueError):
-    """Bad input to an analysis command: one line naming the thing, the value and what is allowed."""
-
-
-class NotACube(BadInput):
-    """The path or dataset is not an escape-sweep cube (one line naming it and what is missing)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,7 +88,7 @@ def _budget_sel(ds: xr.Dataset, budget) -> xr.Dataset:
     except (TypeError, ValueError):
         b = None
     if b is None or b not in allowed or float(budget) != b:
-        raise BadInput(f"--budget={budget}: not a step budget of this cube (allowed: {', '.join(map(str, allowed))})")
+        raise InputError(f"--budget={budget}: not a step budget of this cube (allowed: {', '.join(map(str, allowed))})")
     return ds.sel(steps=[b])
 
 
@@ -321,7 +312,7 @@ def fit_cube(ds: xr.Dataset, budget=None, conf: float = 0.95, memoryless: bool =
         status = status.where(~((status == BOUNDED) & ~inside), OUTSIDE_T)
     if exponential_only:
         if mem is None:
-            raise BadInput("exponential_only: the cube has no escape_hist to test memorylessness with")
+            raise InputError("exponential_only: the cube has no escape_hist to test memorylessness with")
         status = status.where(~((status == BOUNDED) & (mem["rate_summary"] == 1)), NON_EXPONENTIAL)
     cells["cell_status"] = status.astype(np.int8).assign_attrs(cells["cell_status"].attrs)
     parts = [cells, fit_temperature(ds, cells, conf)]
@@ -341,7 +332,7 @@ def fit_cube(ds: xr.Dataset, budget=None, conf: float = 0.95, memoryless: bool =
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     try:
-        from . import __version__
+        from .. import __version__
         out.attrs["escape_sweep_version"] = __version__
     except ImportError:  # pragma: no cover
         pass
@@ -548,56 +539,3 @@ def format_table(fits: xr.Dataset) -> str:
     parts += ["", f"Cells left out of every fit: {len(unb)}"]
     parts += ["  " + s for s in compact_unbounded(unb)]
     return "\n".join(parts)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-
-def add_parser(subparsers) -> None:
-    """Register `fit` with the cli's subparsers."""
-    p = subparsers.add_parser("fit", help="fit ln(escape time) against 1/T, T and B; store them in CUBE/fits",
-                              description="Fits of ln tau against 1/T (Arrhenius) and T per (steps, batch_size, "
-                                          "depth, width), against B at fixed T, the T/B check and memorylessness; "
-                                          "printed and stored in the cube's fits/ group.")
-    p.add_argument("cube", metavar="CUBE", help="path of a cube (a Zarr store made by `escape-sweep run`)")
-    p.add_argument("--budget", type=int, default=None, metavar="N", help="fit only step budget N (default: every budget)")
-    p.add_argument("--format", choices=("table", "json"), default="table", help="output format (default table)")
-    p.add_argument("--T-range", dest="t_range", metavar="LO:HI", help="fit only cells with LO <= T <= HI")
-    p.add_argument("--exponential-only", action="store_true",
-                   help="leave out cells whose escape is not memoryless (tau is not a rate there)")
-    p.add_argument("--no-save", action="store_true", help="do not write CUBE/fits")
-    p.set_defaults(func=handler)
-
-
-def parse_range(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(":"))
-    except ValueError:
-        raise BadInput(f"--T-range {text}: expected LO:HI, two numbers (e.g. 0.01:0.02)") from None
-    if not lo <= hi:
-        raise BadInput(f"--T-range {text}: LO must not exceed HI")
-    return lo, hi
-
-
-def handler(args) -> int:
-    from .cli import UsageError
-
-    try:
-        t_range = parse_range(args.t_range) if getattr(args, "t_range", None) else None
-        ds = load_cube(args.cube)
-        fits = fit_cube(ds, budget=args.budget, t_range=t_range,
-                        exponential_only=getattr(args, "exponential_only", False))
-    except BadInput as e:
-        raise UsageError(str(e)) from None
-    if not getattr(args, "no_save", False) and "://" not in str(args.cube):
-        try:
-            write_fits(fits, args.cube)
-        except OSError as e:
-            print(f"escape-sweep: warning: fits not stored in {args.cube}/{FITS_GROUP}: {e}", file=sys.stderr)
-    if args.format == "json":
-        print(json.dumps(to_json(fits), indent=1, allow_nan=False))
-    else:
-        print(format_table(fits))
-    return 0

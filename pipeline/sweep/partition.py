@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 
-from .kernels import LANES
+import numpy as np
+
+from ..model.kernels import LANES
 from .spec import Spec
-from .task import Cell, Task, histogram_edges
+from .task import Cell, Task
 
 KERNEL_RATE = 4e8  # walker-steps/s of one core (escape-sweep bench: ~5e8 at batch <= 64)
 DEFAULT_TASK_SECONDS = 2.0
@@ -57,6 +58,25 @@ def walker_blocks(spec: Spec, chunk: tuple[int, int, int, int], task_seconds: fl
     return [(s, min(size, spec.walkers - s)) for s in range(0, spec.walkers, size)]
 
 
+def histogram_edges(max_steps: int, budgets=(), per_decade: int = 32) -> np.ndarray:
+    """Integer bin edges for escape steps 1..max_steps: width-1 bins up to 16, then ~`per_decade`
+    log-spaced bins per decade; every budget is an edge (bins never straddle a budget).
+
+    Bin i holds escape steps in [edges[i], edges[i+1]); the last edge is max_steps + 1.
+    """
+    top = int(max_steps) + 1
+    n_dec = math.log10(top) if top > 1 else 0.0
+    logs = np.round(np.logspace(0, n_dec, max(2, int(math.ceil(n_dec * per_decade)) + 1))).astype(np.int64)
+    extra = [int(b) + 1 for b in budgets]
+    edges = np.unique(np.concatenate([np.arange(1, min(17, top + 1)), logs, extra, [top]]))
+    return edges[(edges >= 1) & (edges <= top)]
+
+
+def spec_edges(spec: Spec) -> np.ndarray:
+    """The cube's escape-step histogram edges for a spec (every budget an edge)."""
+    return histogram_edges(spec.max_steps, spec.steps)
+
+
 def chunk_grid(spec: Spec, chunks: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     """Number of chunks along each cell dim."""
     return tuple(math.ceil(n / c) for n, c in zip(spec.cell_shape, chunks))
@@ -78,7 +98,7 @@ def tasks_for_chunk(spec: Spec, chunks, index, pits, task_seconds=DEFAULT_TASK_S
                           T=spec.T[iT], batch_size=spec.batch_size[iB], depth=d, width=w,
                           w_start=pit.w_start, w_barrier=pit.w_barrier))
     shape = tuple(s.stop - s.start for s in sl)
-    edges = tuple(int(e) for e in histogram_edges(spec.max_steps, spec.steps))
+    edges = tuple(int(e) for e in spec_edges(spec))
     blocks = walker_blocks(spec, chunks, task_seconds)
     return [Task(chunk=tuple(index), shape=shape, cells=tuple(cells), walker_start=s, walker_count=c,
                  budgets=spec.steps, edges=edges, seed=spec.seed, block=b, n_blocks=len(blocks),
@@ -86,6 +106,3 @@ def tasks_for_chunk(spec: Spec, chunks, index, pits, task_seconds=DEFAULT_TASK_S
             for b, (s, c) in enumerate(blocks)]
 
 
-def iter_chunks(spec: Spec, chunks) -> Iterator[tuple[int, int, int, int]]:
-    """All chunk indices in C order."""
-    return itertools.product(*(range(n) for n in chunk_grid(spec, chunks)))

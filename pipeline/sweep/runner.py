@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cube, partition
-from .deploy import ClusterOptions, open_client
+from . import partition, store
+from ..deploy import ClusterOptions, open_client
+from ..errors import StoreMismatch
 from .spec import Spec, load_spec
 from .task import run_task
 
@@ -30,9 +31,7 @@ class RunOptions:
     overwrite: bool = False
     task_seconds: float = partition.DEFAULT_TASK_SECONDS
     retries: int = 2
-    window: int | None = None  # tasks in flight; default 2 x worker threads + 2
     progress: bool = True
-    max_chunks: int | None = None  # stop after this many chunks (tests of resume)
 
 
 @dataclass
@@ -81,22 +80,20 @@ def check_store(spec: Spec, path: str, opts: RunOptions) -> tuple[int, int, int,
 
     A store from another spec (or a non-cube directory) is refused unless overwrite is set.
     Nothing is written here, so a refusal leaves the disk as it was."""
-    from .cli import UsageError
-
     p = Path(path)
     if p.exists():
-        if cube.is_cube(p):
-            attrs = cube.read_attrs(p)
+        if store.is_cube(p):
+            attrs = store.read_attrs(p)
             if attrs.get("spec_hash") == spec.content_hash and not opts.overwrite:
                 return tuple(attrs["chunk_shape"])
             if not opts.overwrite:
-                raise UsageError(
+                raise StoreMismatch(
                     f"{path}: store was made from a different spec (name {attrs.get('name')!r}, hash "
                     f"{str(attrs.get('spec_hash'))[:12]} != {spec.content_hash[:12]}); use --overwrite to replace it "
                     "or [output] path / --output to write elsewhere")
         elif not p.is_dir() or any(p.iterdir()):
             if not opts.overwrite:
-                raise UsageError(f"{path}: exists and is not an escape-sweep cube; use --overwrite to replace it")
+                raise StoreMismatch(f"{path}: exists and is not an escape-sweep cube; use --overwrite to replace it")
     return None
 
 
@@ -155,26 +152,24 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output: str | Non
     with StoreLock(path):
         chunks = check_store(spec, path, opts)
         if chunks is not None:
-            done = cube.done_mask(cube.open_group(path, mode="r"))
+            done = store.done_mask(store.open_group(path, mode="r"))
         else:
             chunks = partition.chunk_shape(spec, opts.task_seconds)
             done = np.zeros(partition.chunk_grid(spec, chunks), bool)
         pending = [tuple(int(i) for i in idx) for idx in zip(*np.nonzero(~done))]
-        if opts.max_chunks is not None:
-            pending = pending[: opts.max_chunks]
         summary = Summary(path=path, cells=spec.n_cells, walkers=spec.n_cells * spec.walkers,
                           chunks_total=int(done.size), chunks_done_before=int(done.sum()), chunks_computed=0,
                           tasks_submitted=0, walker_steps=0, wall_seconds=0.0, complete=False, method=spec.method)
         if pending:
             with open_client(opts.cluster) as client:
                 if needs_new_store(spec, path, opts):
-                    cube.create(path, spec, chunks)
-                _compute(client, spec, path, cube.open_group(path), chunks, pending, opts, summary)
-        summary.complete = bool(cube.done_mask(cube.open_group(path, mode="r")).all())
+                    store.create(path, spec, chunks, partition.spec_edges(spec), partition.chunk_grid(spec, chunks))
+                _compute(client, spec, path, store.open_group(path), chunks, pending, opts, summary)
+        summary.complete = bool(store.done_mask(store.open_group(path, mode="r")).all())
         if summary.complete:
-            attrs = cube.read_attrs(path)
+            attrs = store.read_attrs(path)
             if pending or not attrs.get("completed"):
-                cube.set_attrs(path, completed=cube._now())
+                store.set_attrs(path, completed=store.now())
     summary.wall_seconds = time.perf_counter() - t0
     return summary
 
@@ -182,16 +177,16 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output: str | Non
 def needs_new_store(spec: Spec, path: str, opts: RunOptions) -> bool:
     """A new store is needed: none there, or a different spec's (or a non-cube) with overwrite."""
     p = Path(path)
-    if not cube.is_cube(p):
+    if not store.is_cube(p):
         return True
-    return cube.read_attrs(p).get("spec_hash") != spec.content_hash or opts.overwrite
+    return store.read_attrs(p).get("spec_hash") != spec.content_hash or opts.overwrite
 
 
 def _compute(client, spec, path, group, chunks, pending, opts, summary):
     from distributed import as_completed
 
     pits = spec.pits()
-    edges = np.asarray(cube._edges(spec))
+    edges = partition.spec_edges(spec)
 
     def tasks():
         for idx in pending:
@@ -205,7 +200,7 @@ def _compute(client, spec, path, group, chunks, pending, opts, summary):
               f"({summary.chunks_done_before} already done) on {client.scheduler.address}", file=sys.stderr)
         print(f"escape-sweep: dashboard {client.dashboard_link}", file=sys.stderr, flush=True)
     nthreads = sum(client.nthreads().values()) or 1
-    window = opts.window or 2 * nthreads + 2
+    window = 2 * nthreads + 2
     summary.workers, summary.window = nthreads, window
     t_start = time.perf_counter()
     tag = spec.content_hash[:10]
@@ -236,8 +231,8 @@ def _compute(client, spec, path, group, chunks, pending, opts, summary):
             if all(p is not None for p in parts):
                 del blocks[res["chunk"]]
                 sl = partition.chunk_slices(spec, chunks, res["chunk"])
-                cube.write_chunk(group, sl, _sum_blocks(parts), edges, spec.method)
-                cube.mark_done(group, res["chunk"])
+                store.write_chunk(group, sl, _sum_blocks(parts), edges, spec.method)
+                store.mark_done(group, res["chunk"])
                 summary.chunks_computed += 1
             submit_next()
             progress.update(summary.chunks_computed, summary.walker_steps)

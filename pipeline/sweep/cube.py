@@ -9,19 +9,12 @@ so an interrupted run leaves whole chunks and a record of exactly which are comp
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
-import math
-import os
-import shutil
-import warnings
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 import numpy as np
 
-from . import stats
-from .landscape import MODEL_FORMULA
+from .. import stats
+from ..model.landscape import MODEL_FORMULA
 from .spec import Spec
 
 CELL_DIMS = ("T", "batch_size", "depth", "width")
@@ -78,49 +71,13 @@ COORD_ATTRS = {
 }
 
 
-class CubeError(Exception):
-    """A store that cannot be used for this spec (different spec, not a cube): one clear line."""
-
-
-def versions() -> dict[str, str]:
-    out = {}
-    for pkg in ("escape-sweep", "numpy", "numba", "dask", "distributed", "xarray", "zarr", "scipy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _edges(spec: Spec) -> np.ndarray:
-    from .task import histogram_edges
-
-    return histogram_edges(spec.max_steps, spec.steps)
-
-
-def is_cube(path) -> bool:
-    p = Path(path)
-    try:
-        meta = json.loads((p / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return meta.get("attributes", {}).get("format") == FORMAT
-
-
-def read_attrs(path) -> dict:
-    return json.loads((Path(path) / "zarr.json").read_text()).get("attributes", {})
-
-
-def _skeleton(spec: Spec, chunks):
+def skeleton(spec: Spec, chunks, edges, versions: dict, created: str):
+    """The empty cube of a spec as a lazy Dataset plus its Zarr encoding (DESIGN.md section 3)."""
     import dask.array as da
     import xarray as xr
 
     pits = spec.pits()
-    edges = _edges(spec)
+    edges = np.asarray(edges)
     coords = {a: np.asarray(v, dtype=np.int64 if a in ("steps", "batch_size") else np.float64) for a, v in spec.axes.items()}
     coords["escape_step_bin"] = np.arange(len(edges) - 1, dtype=np.int64)
     coords["escape_step_lo"] = ("escape_step_bin", edges[:-1].astype(np.int64))
@@ -167,59 +124,11 @@ def _skeleton(spec: Spec, chunks):
     ds.attrs.update(
         format=FORMAT, name=spec.name, spec=spec.source, spec_file=spec.file, spec_hash=spec.content_hash,
         seed=spec.seed, walkers=spec.walkers, method=spec.method, model=MODEL_FORMULA,
-        versions=json.dumps(versions()), created=_now(), completed="",
+        versions=json.dumps(versions), created=created, completed="",
         chunk_shape=list(chunks), cell_dims=list(CELL_DIMS),
         determinism="walker i of a cell depends only on (seed, T, batch_size, depth, width, i)",
     )
     return ds, encoding
-
-
-def create(path, spec: Spec, chunks) -> None:
-    """Write a new, empty cube at `path` atomically (built beside it, then renamed into place).
-
-    If `path` exists it is replaced only after the new one is complete (the caller decides
-    whether that is allowed), so a crash never leaves a half-overwritten store."""
-    import zarr
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.new-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    ds, encoding = _skeleton(spec, chunks)
-    ds.to_zarr(tmp, compute=False, zarr_format=3, consolidated=False, encoding=encoding, mode="w")
-    g = zarr.open_group(tmp, mode="r+", use_consolidated=False)
-    from .partition import chunk_grid
-
-    grid = chunk_grid(spec, chunks)
-    prog = g.require_group("progress")
-    prog.attrs.update(description="completion record per task chunk: done = 1 once every variable of the chunk is written",
-                      chunk_shape=list(chunks), cell_dims=list(CELL_DIMS))
-    prog.create_array("done", shape=grid, chunks=(1,) * 4, dtype="uint8", fill_value=0)
-    prog.create_array("finished_at", shape=grid, chunks=(1,) * 4, dtype="float64", fill_value=np.nan)
-    consolidate(tmp)
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-
-
-def consolidate(path) -> None:
-    """Consolidate metadata so `xarray.open_zarr(path)` opens quietly (zarr warns that v3
-    consolidation is not yet in the spec; zarr-python and xarray both read it)."""
-    import zarr
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(str(path))
-
-
-def open_group(path, mode="r+"):
-    import zarr
-
-    return zarr.open_group(str(path), mode=mode, use_consolidated=False)
 
 
 def derived(counts: dict, edges, method: str = "montecarlo") -> dict:
@@ -271,47 +180,3 @@ def _dtype(name: str) -> str:
     return BOTH_VARIABLES[name][1]
 
 
-def write_chunk(group, slices, counts: dict, edges, method: str = "montecarlo") -> None:
-    """Write every variable of one chunk (slices along T, batch_size, depth, width)."""
-    sT, sB, sD, sW = slices
-    for name, arr in derived(counts, edges, method).items():
-        if name == "escape_hist":
-            group[name][sT, sB, sD, sW, :] = arr
-        elif name in MARKOV_VARIABLES:
-            group[name][sT, sB, sD, sW] = arr
-        else:
-            group[name][sT, :, sB, sD, sW] = arr
-
-
-def mark_done(group, index) -> None:
-    """The chunk's completion record: written last, after all of its data."""
-    import time
-
-    group["progress/finished_at"][tuple(index)] = time.time()
-    group["progress/done"][tuple(index)] = 1
-
-
-def done_mask(group) -> np.ndarray:
-    """Boolean array over the chunk grid: which chunks are complete."""
-    return np.asarray(group["progress/done"][...]).astype(bool)
-
-
-def set_attrs(path, **attrs) -> None:
-    g = open_group(path)
-    g.attrs.update(attrs)
-    consolidate(path)
-
-
-def open_cube(path):
-    """The cube as a lazy `xarray.Dataset` (dask-backed; nothing is read until used)."""
-    import xarray as xr
-
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: no such store")
-    return xr.open_zarr(str(path), consolidated=None if (Path(path) / "zarr.json").exists() else False)
-
-
-def chunk_count(path) -> tuple[int, int]:
-    """(done, total) chunk counts of a store."""
-    m = done_mask(open_group(path, mode="r"))
-    return int(m.sum()), int(math.prod(m.shape))

@@ -6,82 +6,19 @@ This is the seam between orchestration and physics: the runner hands `run_task` 
 
 from __future__ import annotations
 
-import hashlib
-import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import DIVERGED, escape_steps
-from .landscape import check_int, check_positive, find_pit
-
-
-def canonical(value: float) -> str:
-    """Exact, platform-independent text of a coordinate value (float.hex; ints as ints)."""
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    return float(value).hex()
-
-
-def cell_key(seed: int, T: float, batch_size: int, depth: float, width: float) -> np.uint64:
-    """64-bit stream key of a cell: blake2b of (seed, coordinate values). Grid-independent.
-
-    The step budget is not part of the key: every budget reads the same walkers.
-    """
-    text = "|".join(
-        ["escape-sweep-v1", str(int(seed)), canonical(float(T)), str(int(batch_size)),
-         canonical(float(depth)), canonical(float(width))]
-    )
-    return np.uint64(int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little"))
-
-
-def simulate(T, steps, batch_size, depth, width, walkers, seed, start=None) -> np.ndarray:
-    """Escape step of each walker of one cell: int64 array, -1 not escaped, -2 diverged.
-
-    Walker i's value depends only on (seed, T, batch_size, depth, width, i): the cube of a
-    sweep with the same seed holds exactly these walkers (read at each step budget).
-    `start` overrides the pit minimum as W_0.
-    """
-    T = check_positive("T", T)
-    depth = check_positive("depth", depth)
-    width = check_positive("width", width)
-    steps = check_int("steps", steps)
-    batch_size = check_int("batch_size", batch_size)
-    walkers = check_int("walkers", walkers)
-    seed = check_int("seed", seed, minimum=0)
-    pit = find_pit(depth, width)
-    if start is None:
-        w0 = pit.w_start
-    else:
-        try:
-            w0 = float(start)
-        except (TypeError, ValueError):
-            raise ValueError(f"start={start!r}: must be a finite number") from None
-        if not math.isfinite(w0):
-            raise ValueError(f"start={start!r}: must be a finite number")
-    key = cell_key(seed, T, batch_size, depth, width)
-    return escape_steps(T, steps, batch_size, depth, width, w0, pit.w_barrier, key, 0, walkers)
+from ..model.kernels import DIVERGED, escape_steps
+from ..model.simulate import cell_key
 
 
 def walker_steps(esc: np.ndarray, steps: int) -> int:
     """Walker-steps actually simulated: sum of min(escape step, budget) (censored count the budget)."""
     esc = np.asarray(esc)
     return int(np.where(esc > 0, np.minimum(esc, steps), steps).sum())
-
-
-def histogram_edges(max_steps: int, budgets=(), per_decade: int = 32) -> np.ndarray:
-    """Integer bin edges for escape steps 1..max_steps: width-1 bins up to 16, then ~`per_decade`
-    log-spaced bins per decade; every budget is an edge (bins never straddle a budget).
-
-    Bin i holds escape steps in [edges[i], edges[i+1]); the last edge is max_steps + 1.
-    """
-    top = int(max_steps) + 1
-    n_dec = math.log10(top) if top > 1 else 0.0
-    logs = np.round(np.logspace(0, n_dec, max(2, int(math.ceil(n_dec * per_decade)) + 1))).astype(np.int64)
-    extra = [int(b) + 1 for b in budgets]
-    edges = np.unique(np.concatenate([np.arange(1, min(17, top + 1)), logs, extra, [top]]))
-    return edges[(edges >= 1) & (edges <= top)]
 
 
 @dataclass(frozen=True)
@@ -166,7 +103,7 @@ def run_task(task: Task) -> dict:
                 out[name][c.index] = s[name]
             out["walker_steps"] += walker_steps(esc, smax)
     if task.method in ("markov", "both") and task.block == 0:
-        from .markov import markov_cell
+        from ..model.markov import markov_cell
 
         out["mfpt"] = np.zeros(shape)
         out["mfpt_rel_error"] = np.zeros(shape)

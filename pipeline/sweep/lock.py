@@ -30,18 +30,12 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..errors import LockedError
+
 LOCK_SUFFIX = ".escape-sweep.lock"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_INTERVAL = 5.0
 _TAKEOVER_STALE_S = 30.0  # a takeover mutex older than this was left by a crashed taker
-
-
-class LockedError(RuntimeError):
-    """Another live run holds the store (a run-time refusal: exit 1)."""
-
-    def __init__(self, message: str, holder: dict | None = None):
-        super().__init__(message)
-        self.holder = holder or {}
 
 
 def _iso(t: float) -> str:

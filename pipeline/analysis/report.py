@@ -21,7 +21,9 @@ import numpy as np
 import xarray as xr
 
 from . import fits as _fits
-from . import plots
+from .select import _fmt
+from . import plots, presets
+from ..errors import SelectionError
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0 auto;max-width:1100px;padding:1.5em;
@@ -88,15 +90,15 @@ def _figures(ds: xr.Dataset, budget) -> list[tuple[str, str, str | None]]:
         try:
             fig = make()
             out.append((title, caption, _png(fig)))
-        except (plots.PlotError, ValueError, KeyError) as e:
+        except (SelectionError, ValueError, KeyError) as e:
             out.append((title, f"not drawn: {e}", None))
 
     add("P(escape) against T", "Probability of escaping within 100 and within 1000 steps (the budgets nearest "
         "to them), Wilson 95% intervals; B = 1 (smallest batch), depth 1, width 0.1 where present.",
-        lambda: plots.preset_p_escape(ds))
+        lambda: presets.preset_p_escape(ds))
     add("log10 escape time against T", "Censored exponential MLE of the mean escape time tau = exposure / n_escaped "
         "with exact chi-square 95% bounds on 0.01 <= T <= 0.02 (all T if fewer than two lie there); dashed: "
-        "ln tau = a + b/T fitted to the plotted cells.", lambda: plots.preset_escape_time(ds))
+        "ln tau = a + b/T fitted to the plotted cells.", lambda: presets.preset_escape_time(ds))
     add("log10 escape time, every T", "The whole T axis at the largest budget; triangles: cells where nothing "
         "escaped (one-sided 95% lower bound).", lambda: plots.plot_cube(
             ds, "T", "log10_escape_time", hue="batch_size" if ds.sizes["batch_size"] > 1 else None,
@@ -106,14 +108,14 @@ def _figures(ds: xr.Dataset, budget) -> list[tuple[str, str, str | None]]:
             ds, "T", "median_escape_time", hue="steps" if ds.sizes["steps"] > 1 else None, sel=_seed_sel(ds)))
     add("Survival curves", "S(n) from escape_hist for a few T, Kaplan-Meier with 95% Greenwood (log-log) bands; "
         "a straight line on this semi-log plot is a memoryless (exponential) escape; dotted: the step budgets.",
-        lambda: plots.preset_survival(ds))
+        lambda: presets.preset_survival(ds))
     if ds.sizes["batch_size"] > 1:
         add("ln tau against batch size", "ln tau against B at a few T (largest budget) with ln tau = a + b B fits.",
-            lambda: plots.preset_batch(ds))
+            lambda: presets.preset_batch(ds))
     if "mfpt" in ds:
         add("Markov chain against Monte Carlo", "log10 of the Markov chain's mean first-passage time (band: its "
             "discretisation error estimate) next to the Monte Carlo censored-MLE escape time at the largest budget.",
-            lambda: plots.preset_markov(ds))
+            lambda: presets.preset_markov(ds))
     return out
 
 
@@ -148,7 +150,7 @@ def _axes(ds: xr.Dataset) -> str:
     rows = []
     for d in _fits.DIMS5:
         v = ds[d].values
-        vals = ", ".join(plots._fmt(x) for x in v) if v.size <= 10 else f"{plots._fmt(v.min())} .. {plots._fmt(v.max())}"
+        vals = ", ".join(_fmt(x) for x in v) if v.size <= 10 else f"{_fmt(v.min())} .. {_fmt(v.max())}"
         rows.append((_e(d), v.size, _e(vals)))
     n = ds["n_walkers"].isel(steps=0).values
     cells = int(np.prod(n.shape))
@@ -301,35 +303,7 @@ def write_report(ds: xr.Dataset, out, source=None, budget=None) -> list[str]:
     """Write the report to `out`; returns the titles of the figures embedded."""
     out = Path(out)
     if not out.parent.exists():
-        raise plots.PlotError(f"-o {out}: directory {out.parent} does not exist")
+        raise SelectionError(f"-o {out}: directory {out.parent} does not exist")
     page, titles = render_report(ds, source, budget)
     out.write_text(page, encoding="utf-8")
     return titles
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-
-def add_parser(subparsers) -> None:
-    """Register `report` with the cli's subparsers."""
-    p = subparsers.add_parser("report", help="one self-contained HTML page: figures, fits, provenance, spec",
-                              description="Write a self-contained HTML report of a cube (figures embedded as PNG).")
-    p.add_argument("cube", metavar="CUBE", help="path of a cube (a Zarr store made by `escape-sweep run`)")
-    p.add_argument("-o", "--output", required=True, metavar="HTML", help="output file (report.html)")
-    p.add_argument("--budget", type=int, default=None, metavar="N", help="fits for step budget N only (default: all)")
-    p.set_defaults(func=handler)
-
-
-def handler(args) -> int:
-    from .cli import UsageError
-
-    try:
-        ds = _fits.load_cube(args.cube)
-        titles = write_report(ds, args.output, source=args.cube, budget=args.budget)
-    except (plots.PlotError, _fits.BadInput) as e:
-        raise UsageError(str(e)) from None
-    print(f"{args.output} ({len(titles)} figures)")
-    return 0
-

@@ -22,6 +22,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConnectError, DeployError, InputError
+from .security import make_security, uses_tls  # noqa: F401  (re-exported)
+
 LOOPBACK = "127.0.0.1"
 DEFAULT_DASHBOARD = f"{LOOPBACK}:8787"
 JOBQUEUE_ENV = "ESCAPE_SWEEP_JOBQUEUE"
@@ -48,91 +51,6 @@ class ClusterOptions:
     security: object | None = None  # distributed.Security or None
     jobqueue_config: str | None = None
     connect_timeout: str = "20s"
-
-
-class DeployError(RuntimeError):
-    """Workers could not be had: a run-time failure (exit 1), reported as one line."""
-
-
-def _usage_error(message: str) -> Exception:
-    from .cli import UsageError
-
-    return UsageError(message)
-
-
-# --------------------------------------------------------------------------- security
-
-
-_TLS_CONFIG_KEYS = (
-    "distributed.comm.tls.ca-file",
-    "distributed.comm.tls.client.cert",
-    "distributed.comm.tls.scheduler.cert",
-    "distributed.comm.tls.worker.cert",
-)
-
-
-def make_security(tls_ca_file: str | None = None, tls_cert: str | None = None,
-                  tls_key: str | None = None):
-    """`distributed.Security` for TLS with client certificates, or None for plain TCP.
-
-    Given files: all three are required (Dask's TLS is mutual: every side, the client
-    included, presents a certificate signed by the CA); the one cert+key serves the client
-    and, for the embedded LocalCluster, its scheduler and workers too; encryption is
-    required. None given: a `Security()` from dask config when that names TLS material
-    (distributed.comm.tls.*) or requires encryption, else None.
-    A missing, unreadable or mismatched file raises UsageError naming the option and path.
-    """
-    from distributed import Security
-    import dask.config
-
-    given = {"--tls-ca-file": tls_ca_file, "--tls-cert": tls_cert, "--tls-key": tls_key}
-    if not any(given.values()):
-        if dask.config.get("distributed.comm.require-encryption", None) or any(
-            dask.config.get(k, None) for k in _TLS_CONFIG_KEYS
-        ):
-            return Security()
-        return None
-    missing = [opt for opt, v in given.items() if not v]
-    if missing:
-        raise _usage_error(
-            f"TLS needs all of --tls-ca-file, --tls-cert and --tls-key (missing {', '.join(missing)})"
-        )
-    for opt, value in given.items():
-        path = Path(os.path.expanduser(str(value)))
-        if not path.is_file():
-            raise _usage_error(f"{opt} {value}: no such file")
-        if not os.access(path, os.R_OK):
-            raise _usage_error(f"{opt} {value}: not readable")
-    ca, cert, key = (os.path.abspath(os.path.expanduser(str(v))) for v in given.values())
-    try:
-        ssl.create_default_context(cafile=ca)
-    except (ssl.SSLError, OSError, ValueError) as e:
-        raise _usage_error(f"--tls-ca-file {tls_ca_file}: not a PEM CA certificate ({e})") from None
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key)
-    except (ssl.SSLError, OSError) as e:
-        raise _usage_error(
-            f"--tls-cert {tls_cert} / --tls-key {tls_key}: not a matching PEM certificate and key ({e})"
-        ) from None
-    return Security(
-        tls_ca_file=ca,
-        tls_client_cert=cert, tls_client_key=key,
-        tls_scheduler_cert=cert, tls_scheduler_key=key,
-        tls_worker_cert=cert, tls_worker_key=key,
-        require_encryption=True,
-    )
-
-
-def uses_tls(security) -> bool:
-    """True when `security` asks for TLS (require_encryption, or any certificate set)."""
-    if security is None:
-        return False
-    return bool(
-        getattr(security, "require_encryption", False)
-        or getattr(security, "tls_ca_file", None)
-        or getattr(security, "tls_client_cert", None)
-        or getattr(security, "tls_scheduler_cert", None)
-    )
 
 
 # --------------------------------------------------------------------------- local
@@ -189,7 +107,7 @@ def jobqueue_config_path(kind: str, path: str | None = None) -> Path | None:
         if value:
             p = Path(os.path.expanduser(value))
             if not p.is_file():
-                raise _usage_error(f"{origin} {value}: no such file")
+                raise InputError(f"{origin} {value}: no such file")
             return p
     default = _repo_default(kind)
     return default if default.is_file() else None
@@ -208,13 +126,13 @@ def jobqueue_settings(kind: str, path: str | None = None) -> tuple[dict, Path | 
     try:
         doc = yaml.safe_load(p.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
-        raise _usage_error(f"{p}: not readable YAML ({e})") from None
+        raise InputError(f"{p}: not readable YAML ({e})") from None
     if not isinstance(doc, dict):
-        raise _usage_error(f"{p}: expected a mapping with a 'jobqueue: {kind}:' section")
+        raise InputError(f"{p}: expected a mapping with a 'jobqueue: {kind}:' section")
     if "jobqueue" in doc:
         section = (doc.get("jobqueue") or {}).get(kind)
         if not isinstance(section, dict):
-            raise _usage_error(f"{p}: no 'jobqueue: {kind}:' section")
+            raise InputError(f"{p}: no 'jobqueue: {kind}:' section")
     else:
         section = doc
     return dask.config.merge(base, section), p
@@ -232,7 +150,7 @@ def _import_jobqueue(kind: str):
     try:
         import dask_jobqueue
     except ImportError:
-        raise _usage_error(
+        raise InputError(
             f"--cluster {kind} needs dask-jobqueue: pip install 'escape-sweep[{kind}]'"
         ) from None
     finally:
@@ -272,7 +190,7 @@ def jobqueue_cluster(kind: str, opts: ClusterOptions, *, start_jobs: bool = True
         where = f" (from {source})" if source else ""
         where = where or (f" (dask config only: no {JOBQUEUE_ENV} and no {_repo_default(kind)} "
                           f"in {os.getcwd()})")
-        raise _usage_error(f"jobqueue.{kind} settings{where}: {' '.join(str(e).split())}") from None
+        raise InputError(f"jobqueue.{kind} settings{where}: {' '.join(str(e).split())}") from None
     if start_jobs:
         jobs = opts.jobs or 1
         try:
@@ -329,15 +247,11 @@ def cluster_names() -> list[str]:
     return list(CLUSTERS)
 
 
-class ConnectError(DeployError):
-    """The scheduler could not be reached (a run-time failure: exit 1)."""
-
-
 @contextlib.contextmanager
 def open_client(opts: ClusterOptions):
     """Yield a connected `distributed.Client`; clusters created here are closed on exit (Ctrl-C too).
 
-    Raises UsageError for an unknown cluster name or a tls:// scheduler without TLS
+    Raises InputError for an unknown cluster name or a tls:// scheduler without TLS
     material, ConnectError when the scheduler cannot be reached (wrong address, or a
     plain client against a TLS scheduler, or a certificate the scheduler rejects).
     """
@@ -345,7 +259,7 @@ def open_client(opts: ClusterOptions):
 
     if opts.scheduler:
         if opts.scheduler.startswith("tls://") and not uses_tls(opts.security):
-            raise _usage_error(
+            raise InputError(
                 f"--scheduler {opts.scheduler}: a tls:// scheduler needs --tls-ca-file, --tls-cert and --tls-key"
             )
         try:
@@ -363,7 +277,7 @@ def open_client(opts: ClusterOptions):
     try:
         factory = CLUSTERS[opts.cluster]
     except KeyError:
-        raise _usage_error(
+        raise InputError(
             f"--cluster {opts.cluster}: unknown (choose from {', '.join(cluster_names())})"
         ) from None
     with factory(opts) as cluster:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .landscape import Pit, find_pit
+from ..errors import SpecError
+from ..model.landscape import Pit, find_pit
 
 AXES = ("T", "steps", "batch_size", "depth", "width")
 INT_AXES = ("steps", "batch_size")
@@ -39,10 +40,6 @@ TOP_KEYS = {"name", "seed", "walkers", "method", "axes", "output"}
 RANGE_KEYS = {"start", "stop", "num", "scale"}
 MAX_CELLS = 2_000_000  # beyond this (or MAX_WALKER_STEPS) a sweep needs --yes
 MAX_WALKER_STEPS = 2e13  # ~ 10 core-hours at 5e8 walker-steps/s
-
-
-class SpecError(ValueError):
-    """A bad spec: the message is one line naming file, key, value and what is allowed."""
 
 
 @dataclass(frozen=True)

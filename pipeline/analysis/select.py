@@ -10,11 +10,9 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
+from ..errors import SelectionError
+
 FLOAT_RTOL = 1e-2  # --sel on a float coordinate: the nearest value must be within 1%
-
-
-class SelectionError(ValueError):
-    """A --sel / --range that names no dim or value of the cube: one line."""
 
 
 def parse_sel(items) -> dict:

@@ -1,0 +1,9 @@
+"""Names and one-line descriptions of the preset figures (no imports: the CLI's --help reads them)."""
+
+PRESETS = {
+    "p_escape": "P(escape within 100 and within 1000 steps) against T",
+    "escape_time": "log10 escape time against T on 0.01..0.02 with error bars and fit",
+    "survival": "survival curves S(n) for a few T from escape_hist",
+    "batch": "ln tau against batch size B for a few T",
+    "markov": "Monte Carlo escape time and Markov-chain MFPT against T (cubes with mfpt)",
+}

@@ -1,0 +1,227 @@
+"""The seed post's figures and the other ready plots (`escape-sweep plot CUBE --preset NAME`).
+
+Each preset picks its own selection and layout on top of `plots`; names and one-line
+descriptions are in `catalog.PRESETS` (the CLI lists them without importing matplotlib).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .. import stats
+from ..errors import SelectionError
+from . import fits as _fits
+from .catalog import PRESETS as CATALOG
+from .plots import (_hue_colors, _new_fig, plot_cube, save)
+from .select import _describe, _fmt, apply_sel
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: the seed post's figures
+# ---------------------------------------------------------------------------------------------
+
+
+def _default_sel(ds, sel, keep=()):
+    """The seed post's cell unless `sel` says otherwise: smallest batch size (B = 1), depth 1 and
+    width 0.1 where present (else the first value)."""
+    sel = dict(sel or {})
+    prefer = {"batch_size": 1, "depth": 1.0, "width": 0.1}
+    for dim, want in prefer.items():
+        if dim in keep or dim in sel or dim not in ds.dims:
+            continue
+        vals = ds[dim].values.astype(float)
+        close = np.isclose(vals, want)
+        sel[dim] = float(vals[close][0]) if close.any() else float(vals.min() if dim == "batch_size" else vals[0])
+    return apply_sel(ds, sel)
+
+
+def _t_window(ds, lo=0.01, hi=0.02):
+    """The post's interesting T range when the cube has >= 2 values in it, else all T."""
+    T = ds["T"].values
+    inside = (T >= lo - 1e-12) & (T <= hi + 1e-12)
+    return ds.isel(T=np.flatnonzero(inside)) if inside.sum() >= 2 else ds
+
+
+def _pick(values, k):
+    """Up to k values spread evenly over `values` (sorted)."""
+    values = np.asarray(values)
+    if values.size <= k:
+        return values
+    return values[np.unique(np.round(np.linspace(0, values.size - 1, k)).astype(int))]
+
+
+def preset_p_escape(ds, sel=None, out=None):
+    """P(escape within 100 and within 1000 steps) against T (the budgets nearest to 100 and 1000)."""
+    steps = ds["steps"].values
+    want = sorted({int(steps[np.argmin(np.abs(steps - s))]) for s in (100, 1000)})
+    sel = dict(sel or {})
+    sel.setdefault("steps", want if len(want) > 1 else want[0])
+    d = _default_sel(ds, sel)
+    budgets = ", ".join(str(int(s)) for s in d["steps"].values)
+    return plot_cube(d, "T", "p_escape", hue="steps", out=out,
+                     title=f"P(escape within {budgets} steps) against learning rate T" + _cell_title(d))
+
+
+def _cell_title(d, dims=("batch_size", "depth", "width")):
+    parts = [f"{k} = {_fmt(d[k].values[0])}" for k in dims if k in d.dims and d.sizes[k] == 1]
+    return "\n" + ", ".join(parts) if parts else ""
+
+
+def preset_escape_time(ds, sel=None, out=None):
+    """log10 escape time against T on 0.01..0.02 with 95% error bars, one line per budget, with the
+    Arrhenius fit (ln tau = a + b/T over the plotted cells) as a dashed line."""
+    d = _t_window(_default_sel(ds, sel))
+    fig = plot_cube(d, "T", "log10_escape_time", hue="steps" if d.sizes["steps"] > 1 else None,
+                    title="log10 mean escape time against T (95% chi-square bounds)" + _cell_title(d))
+    ax = fig.axes[0]
+    f = _fits.fit_temperature(d)
+    colors = _hue_colors(d.sizes["steps"])
+    Tf = np.linspace(float(d["T"].min()), float(d["T"].max()), 100)
+    for i, s in enumerate(d["steps"].values):
+        fi = f.sel(steps=s).isel(batch_size=0, depth=0, width=0)
+        a, b = float(fi["arrhenius_intercept"]), float(fi["arrhenius_slope"])
+        if np.isfinite(a) and np.isfinite(b):
+            ax.plot(Tf, (a + b / Tf) / math.log(10), ls="--", lw=0.9, color=colors[i],
+                    label=f"fit steps={int(s)}: ln tau = {a:.3g} + {b:.3g}/T")
+    ax.legend(fontsize=7, frameon=False)
+    if out is not None:
+        save(fig, out)
+    return fig
+
+
+def preset_survival(ds, sel=None, out=None, n_curves: int = 5):
+    """Survival S(n) = P(escape step > n) from escape_hist for a few T, semi-log (a straight line
+    is a memoryless escape), with 95% Greenwood (log-log) bands; dotted lines at the budgets."""
+    if "escape_hist" not in ds:
+        raise SelectionError("preset survival: the cube has no escape_hist variable")
+    sel = dict(sel or {})
+    d = _default_sel(ds, sel)
+    if "T" not in sel:
+        d = _t_window(d)
+        d = d.sel(T=_pick(d["T"].values, n_curves))
+    for dim in ("batch_size", "depth", "width"):
+        if d.sizes[dim] != 1:
+            raise SelectionError(f"preset survival: pick one {dim} with --sel {dim}=VALUE ({dim} has {_describe(d[dim])})")
+    cell = d.isel(batch_size=0, depth=0, width=0)
+    edges = np.append(cell["escape_step_lo"].values, cell["escape_step_hi"].values[-1]).astype(np.int64)
+    smax = int(cell["steps"].max())
+    fig = _new_fig()
+    ax = fig.add_subplot()
+    colors = _hue_colors(cell.sizes["T"], "plasma")
+    nd = cell["n_diverged"].isel(steps=0).values if "n_diverged" in cell else 0
+    sv = stats.survival_from_hist(cell["escape_hist"].transpose("T", "escape_step_bin").values, edges,
+                                  cell["n_walkers"].isel(steps=0).values, nd, budget=smax)
+    t = np.concatenate([[0], sv.time])
+    floor = None
+    for i, T in enumerate(cell["T"].values):
+        s = np.concatenate([[1.0], sv.survival[i]])
+        lo = np.concatenate([[1.0], sv.low[i]])
+        hi = np.concatenate([[1.0], sv.high[i]])
+        n = float(cell["n_walkers"].isel(steps=0).values[i])
+        if n <= 0:
+            continue
+        floor = 0.5 / n if floor is None else min(floor, 0.5 / n)
+        pos = s > 0
+        ax.step(t[pos], s[pos], where="post", color=colors[i], lw=1.3, label=f"T = {_fmt(T)}")
+        ax.fill_between(t[pos], np.maximum(lo[pos], 1e-300), hi[pos], step="post", color=colors[i], alpha=0.2, lw=0)
+    for b in cell["steps"].values:
+        ax.axvline(int(b), color="0.5", ls=":", lw=0.8)
+    ax.set_yscale("log")
+    if floor:
+        ax.set_ylim(bottom=max(floor, 1e-6), top=1.05)
+    ax.set_xlim(0, smax)
+    ax.set_xlabel("step n")
+    ax.set_ylabel("S(n) = P(not escaped by step n)")
+    ax.set_title("Survival in the pit (Kaplan-Meier from escape_hist, 95% bands)" + _cell_title(d), fontsize=10)
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=8, frameon=False)
+    if out is not None:
+        save(fig, out)
+    return fig
+
+
+def preset_batch(ds, sel=None, out=None, n_curves: int = 5):
+    """ln tau against batch size B for a few T (largest budget), 95% bounds, with ln tau = a + b B fits."""
+    if ds.sizes["batch_size"] < 2:
+        raise SelectionError(f"preset batch: needs >= 2 batch sizes (the cube has batch_size = {_describe(ds['batch_size'])})")
+    sel = dict(sel or {})
+    sel.setdefault("steps", int(ds["steps"].max()))
+    d = _default_sel(ds, sel, keep=("batch_size",))
+    cells = _fits.cell_estimates(d)
+    if "T" not in sel:
+        ok = (cells["cell_status"] == _fits.BOUNDED).sum([k for k in cells["cell_status"].dims if k != "T"]) >= 2
+        Ts = d["T"].values[ok.values] if ok.any() else d["T"].values
+        Ts = _pick(Ts, n_curves)
+        d, cells = d.sel(T=Ts), cells.sel(T=Ts)
+    for dim in ("steps", "depth", "width"):
+        if d.sizes[dim] != 1:
+            raise SelectionError(f"preset batch: pick one {dim} with --sel {dim}=VALUE ({dim} has {_describe(d[dim])})")
+    c = cells.isel(steps=0, depth=0, width=0)
+    # cells where nothing escaped: draw the one-sided lower bound
+    c["ln_tau_low"] = c["ln_tau_low"].where(c["cell_status"] != _fits.NO_ESCAPES, np.log(c["tau_lower_bound"]))
+    c["ln_tau"].attrs.update(long_name="ln mean escape time", units="ln(steps)")
+    fig = plot_cube(c, "batch_size", "ln_tau", hue="T",
+                    title=f"ln tau against batch size (steps = {int(d['steps'].values[0])})"
+                    + _cell_title(d, ("depth", "width")))
+    ax = fig.axes[0]
+    fb = _fits.fit_batch(d, None)
+    colors = _hue_colors(d.sizes["T"])
+    B = np.linspace(float(d["batch_size"].min()), float(d["batch_size"].max()), 50)
+    for i, T in enumerate(d["T"].values):
+        fi = fb.sel(T=T).isel(steps=0, depth=0, width=0)
+        a, b = float(fi["batch_intercept"]), float(fi["batch_slope"])
+        if np.isfinite(a) and np.isfinite(b):
+            ax.plot(B, a + b * B, ls="--", lw=0.9, color=colors[i])
+    ax.set_xlabel("batch size B")
+    if out is not None:
+        save(fig, out)
+    return fig
+
+
+def preset_markov(ds, sel=None, out=None):
+    """Monte Carlo log10 escape time (largest budget, 95% bounds) and the Markov chain's log10 MFPT
+    against T, where the cube has `mfpt` (method = "markov" or "both")."""
+    if "mfpt" not in ds:
+        raise SelectionError("preset markov: the cube has no mfpt variable (run with method = \"markov\" or \"both\")")
+    sel = dict(sel or {})
+    sel.setdefault("steps", int(ds["steps"].max()))
+    d = _default_sel(ds, sel)
+    fig = _new_fig()
+    ax = fig.add_subplot()
+    m = d["mfpt"]
+    m = m.isel({k: 0 for k in m.dims if k != "T"})
+    T = d["T"].values.astype(float)
+    mv = m.transpose("T").values.astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lm = np.log10(mv)
+    if "log10_escape_time" in d:
+        plot_cube(d, "T", "log10_escape_time", ax=ax, title="", label="Monte Carlo")
+    ok = np.isfinite(lm)
+    ax.plot(T[ok], lm[ok], color="tab:red", lw=1.4, ls="--", label="Markov chain MFPT")
+    if "mfpt_rel_error" in d:
+        r = d["mfpt_rel_error"]
+        r = abs(r.isel({k: 0 for k in r.dims if k != "T"}).transpose("T").values.astype(float))
+        good = ok & np.isfinite(r) & (r < 1)
+        ax.fill_between(T[good], np.log10(mv[good] * (1 - r[good])), np.log10(mv[good] * (1 + r[good])),
+                        color="tab:red", alpha=0.2, lw=0)
+    ax.set_ylabel("log10 mean escape time [log10(steps)]")
+    ax.set_title("Monte Carlo (censored MLE, 95% bounds) and Markov-chain MFPT"
+                 + _cell_title(d, ("steps", "batch_size", "depth", "width")), fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    if out is not None:
+        save(fig, out)
+    return fig
+
+
+PRESETS = {name: (globals()[f"preset_{name}"], text) for name, text in CATALOG.items()}
+
+
+def preset(ds, name: str, sel=None, out=None) -> Figure:
+    if name not in PRESETS:
+        raise SelectionError(f"--preset {name}: unknown preset (presets: {', '.join(PRESETS)})")
+    return PRESETS[name][0](ds, sel=sel, out=out)

@@ -1,0 +1,134 @@
+"""Is a cell's escape-step distribution exponential (memoryless)? A likelihood-ratio test of a
+constant hazard per histogram bin against a free one."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats as _st
+
+
+VERDICTS = {0: "exponential", 1: "non-exponential", 2: "too few escapes"}
+
+
+def _bin_exposure(d, r, w):
+    """Walker-steps spent in a bin of `w` steps by `r` walkers at risk of which `d` escape in it,
+    with the escapers' steps from a constant within-bin hazard (exact for width-1 bins)."""
+    d, r, w = (np.asarray(a, dtype=float) for a in (d, r, w))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        frac = np.clip(np.where(r > 0, d / np.maximum(r, 1), 0.0), 0.0, 1 - 1e-15)
+        lq = np.log1p(-frac) / w  # ln(1 - q), q the per-step hazard inside the bin
+        q = -np.expm1(lq)
+        # E[K | K <= w] for K ~ Geometric(q) on 1, 2, ...: 1/q - w (1-q)^w / (1 - (1-q)^w)
+        m = 1.0 / q - w * np.exp(w * lq) / -np.expm1(w * lq)
+        m = np.where((w <= 1) | ~np.isfinite(m) | (q * w < 1e-6), np.where(w <= 1, 1.0, (w + 1) / 2.0), m)
+    return (r - d) * w + d * np.clip(m, 1.0, w)
+
+
+def _lr_constant_hazard(d, x):
+    """Likelihood-ratio statistic of per-segment geometric hazards d/x against one common hazard."""
+    D, X = d.sum(), x.sum()
+    q = D / X
+
+    def ll(k, n, p):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            a = np.where(k > 0, k * np.log(p), 0.0)
+            b = np.where(n - k > 0, (n - k) * np.log1p(-np.minimum(p, 1 - 1e-15)), 0.0)
+        return a + b
+
+    qs = np.where(x > 0, d / np.maximum(x, 1e-300), 0.0)
+    return max(0.0, 2.0 * float(np.sum(ll(d, x, qs)) - np.sum(ll(d, x, q))))
+
+
+def memorylessness(hist, edges, n_walkers, n_diverged=0, budget=None, *, alpha: float = 0.01,
+                   min_events: int = 20, max_groups: int = 8, max_transient_fraction: float = 0.25,
+                   max_rate_ratio: float = 1.25) -> dict:
+    """Is the escape step memoryless (log S(n) linear in n) after a transient?
+
+    For each cell (leading axes of `hist`), candidate start steps t0 are scanned upwards; the
+    escapes after t0 (up to the budget) are split into up to `max_groups` segments of about equal
+    counts (>= 10 each) and a likelihood-ratio test of one constant per-step hazard against one
+    hazard per segment is made (chi-square, segments - 1 dof). The first t0 with p >= `alpha`
+    ends the transient. Needs >= `min_events` escapes after t0.
+
+    Returns a dict of arrays over the leading axes:
+      transient           steps before the constant-hazard regime (t0 - 1); NaN if none found
+      transient_fraction  fraction of walkers that escaped during the transient
+      tail_rate           per-step hazard after the transient (MLE)
+      rate                per-step hazard over the whole budget (D / exposure, from the histogram)
+      rate_ratio          rate / tail_rate (1 for a memoryless process)
+      p_value             test of the chosen tail (or of the whole range where none passed)
+      n_events            escapes within the budget
+      verdict             0 exponential (the rate summarises the cell), 1 non-exponential
+                          (quote the median escape time), 2 too few escapes to tell
+                          (`VERDICTS` maps codes to words)
+    A cell is "exponential" when a constant-hazard tail exists, the transient holds at most
+    `max_transient_fraction` of the walkers, and rate and tail rate agree within `max_rate_ratio`.
+    """
+    hist = np.asarray(hist, dtype=float)
+    edges = np.asarray(edges, dtype=np.int64)
+    lead = hist.shape[:-1]
+    nw = np.broadcast_to(np.asarray(n_walkers, dtype=float), lead)
+    nd = np.broadcast_to(np.asarray(n_diverged, dtype=float), lead)
+    last = edges[1:] - 1
+    if budget is None:
+        budget = int(last[-1])
+    keep = last <= budget
+    hb = hist[..., keep]
+    lo = edges[:-1][keep].astype(float)
+    width = (edges[1:] - edges[:-1])[keep].astype(float)
+    names = ("transient", "transient_fraction", "tail_rate", "rate", "rate_ratio", "p_value")
+    out = {k: np.full(lead, np.nan) for k in names}
+    out["n_events"] = np.zeros(lead, np.int64)
+    out["verdict"] = np.full(lead, 2, np.int8)
+    for idx in np.ndindex(*lead):
+        d = hb[idx]
+        n = nw[idx] - nd[idx]
+        D = d.sum()
+        out["n_events"][idx] = int(D)
+        if n <= 0 or d.size == 0:
+            continue
+        r = n - (np.cumsum(d) - d)
+        x = _bin_exposure(d, r, width)
+        X = x.sum()
+        out["rate"][idx] = D / X if X > 0 else np.nan
+        if D < min_events:
+            continue
+        # candidate start bins: the first 16 bins, then where the escaped fraction steps by 2.5%
+        cum_before = np.cumsum(d) - d
+        tail_events = D - cum_before
+        frac_steps = np.floor(cum_before / D * 40)
+        cand = np.flatnonzero((np.arange(d.size) < 16) | (np.diff(frac_steps, prepend=-1) > 0))
+        cand = cand[tail_events[cand] >= min_events]
+        chosen, p_first = None, np.nan
+        for k in cand:
+            dt, xt = d[k:], x[k:]
+            Dt = dt.sum()
+            g = int(min(max_groups, Dt // 10))
+            if g < 2:
+                break
+            seg = np.minimum((np.cumsum(dt) - dt) * g // Dt, g - 1).astype(np.int64)
+            ds = np.bincount(seg, weights=dt, minlength=g)
+            xs = np.bincount(seg, weights=xt, minlength=g)
+            nz = xs > 0
+            ds, xs = ds[nz], xs[nz]
+            if ds.size < 2:
+                break
+            p = float(_st.chi2.sf(_lr_constant_hazard(ds, xs), ds.size - 1))
+            if np.isnan(p_first):
+                p_first = p
+            if p >= alpha:
+                chosen = (k, p, Dt / xt.sum())
+                break
+        if chosen is None:
+            out["p_value"][idx] = p_first
+            out["verdict"][idx] = 1
+            continue
+        k, p, tail = chosen
+        out["transient"][idx] = lo[k] - 1
+        out["transient_fraction"][idx] = cum_before[k] / n
+        out["tail_rate"][idx] = tail
+        out["rate_ratio"][idx] = out["rate"][idx] / tail
+        out["p_value"][idx] = p
+        ok = (cum_before[k] / n <= max_transient_fraction) and (1 / max_rate_ratio <= out["rate_ratio"][idx] <= max_rate_ratio)
+        out["verdict"][idx] = 0 if ok else 1
+    return out
