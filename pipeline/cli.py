@@ -113,37 +113,37 @@ def _open(path):
 
 
 def _status(args) -> int:
-    from .sweep import cube, store
+    from .model.axes import CELL_AXES
+    from .sweep import store
 
     ds = _open(args.store)
-    g = store.open_group(args.store, mode="r")
-    done = store.done_mask(g)
+    done = store.Store(args.store).done_mask()
     chunks = tuple(ds.attrs["chunk_shape"])
     total, n_done = done.size, int(done.sum())
     missing = [tuple(int(i) for i in idx) for idx in zip(*(~done).nonzero())]
     lines = [f"store: {args.store}", f"name: {ds.attrs.get('name')}  method: {ds.attrs.get('method')}  "
              f"seed: {ds.attrs.get('seed')}  spec hash: {str(ds.attrs.get('spec_hash'))[:12]}",
              f"created: {ds.attrs.get('created')}  completed: {ds.attrs.get('completed') or '-'}",
-             "grid: " + ", ".join(f"{d}={ds.sizes[d]}" for d in ("T", "steps", "batch_size", "depth", "width")),
+             "grid: " + ", ".join(f"{d}={ds.sizes[d]}" for d in ds["n_walkers"].dims),
              f"chunks: {n_done}/{total} done ({100.0 * n_done / total:.1f}%), chunk shape {list(chunks)} over "
-             f"{', '.join(cube.CELL_DIMS)}"]
+             f"{', '.join(CELL_AXES)}"]
     cells_done = 0
     for idx in zip(*done.nonzero()):
         n = 1
-        for i, c, size in zip(idx, chunks, (ds.sizes[d] for d in cube.CELL_DIMS)):
+        for i, c, size in zip(idx, chunks, (ds.sizes[d] for d in CELL_AXES)):
             n *= min(c, size - i * c)
         cells_done += n
     n_cells = 1
-    for d in cube.CELL_DIMS:
+    for d in CELL_AXES:
         n_cells *= ds.sizes[d]
-    names = [v for v in ds.data_vars if set(cube.CELL_DIMS) <= set(ds[v].dims)]
+    names = [v for v in ds.data_vars if set(CELL_AXES) <= set(ds[v].dims)]
     lines.append(f"variables: {len(names)} ({', '.join(names)}), each {cells_done}/{n_cells} cells written "
                  f"({100.0 * cells_done / n_cells:.1f}%)")
     if missing:
         show = missing[: args.max_missing]
         lines.append(f"missing chunks ({len(missing)}):")
         for idx in show:
-            sl = dict(zip(cube.CELL_DIMS, (slice(i * c, (i + 1) * c) for i, c in zip(idx, chunks))))
+            sl = dict(zip(CELL_AXES, (slice(i * c, (i + 1) * c) for i, c in zip(idx, chunks))))
             rng = ", ".join(f"{d}={_fmt_range(ds[d].values[s])}" for d, s in sl.items())
             lines.append(f"  {list(idx)}: {rng}")
         if len(missing) > len(show):
@@ -161,6 +161,8 @@ def _fmt_range(vals) -> str:
 
 
 def _query(args) -> int:
+    from .model.axes import AXES
+
     ds = _open(args.store)
     names = args.var or ["p_escape", "log10_escape_time"]
     for v in names:
@@ -169,10 +171,9 @@ def _query(args) -> int:
     from .analysis.select import apply_range, apply_sel, parse_sel
 
     sub = apply_range(apply_sel(ds[names], parse_sel(args.sel)), args.range).compute()
-    from .sweep.cube import DIMS5
 
     df = sub.to_dataframe().reset_index()
-    cols = [d for d in DIMS5 if d in df.columns] + [c for c in df.columns if c not in DIMS5 and c in sub.dims]
+    cols = [d for d in AXES if d in df.columns] + [c for c in df.columns if c not in AXES and c in sub.dims]
     df = df[cols + names]
     if args.format == "csv":
         df.to_csv(sys.stdout, index=False)

@@ -10,6 +10,7 @@ import json
 import sys
 
 from ..errors import InputError
+from ..locations import is_remote
 from .catalog import PRESETS
 
 STORE_HELP = "path of a cube (a Zarr store made by `escape-sweep run`)"
@@ -72,7 +73,7 @@ def fit(args) -> int:
     ds = fits.load_cube(args.store)
     result = fits.fit_cube(ds, budget=args.budget, t_range=t_range,
                            exponential_only=getattr(args, "exponential_only", False))
-    if not getattr(args, "no_save", False) and "://" not in str(args.store):
+    if not getattr(args, "no_save", False) and not is_remote(args.store):
         try:
             fits.write_fits(result, args.store)
         except OSError as e:

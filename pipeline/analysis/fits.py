@@ -31,8 +31,10 @@ from scipy import stats as _st
 
 from .. import stats
 from ..errors import InputError, NotACube
+from ..locations import is_remote
+from ..model.axes import AXES, CELL_AXES
 
-DIMS5 = ("T", "steps", "batch_size", "depth", "width")
+DIMS5 = AXES
 SLICE_DIMS = ("steps", "batch_size", "depth", "width")
 REQUIRED_VARS = ("n_walkers", "n_escaped", "exposure")
 FITS_GROUP = "fits"
@@ -66,9 +68,10 @@ def check_cube(ds: xr.Dataset, where: str = "dataset") -> xr.Dataset:
 def load_cube(path) -> xr.Dataset:
     """Open a cube lazily with xarray and check that it is one; NotACube otherwise."""
     text = str(path)
-    if "://" not in text and not Path(text).exists():
+    local = not is_remote(text)
+    if local and not Path(text).exists():
         raise NotACube(f"CUBE={text}: no such file or directory")
-    if "://" not in text and not (Path(text) / "zarr.json").exists() and not (Path(text) / ".zgroup").exists():
+    if local and not (Path(text) / "zarr.json").exists() and not (Path(text) / ".zgroup").exists():
         raise NotACube(f"CUBE={text}: not a Zarr store (no zarr.json inside); give the path of a cube made by `escape-sweep run`")
     try:
         with warnings.catch_warnings():
@@ -261,9 +264,9 @@ def memoryless_cells(ds: xr.Dataset) -> xr.Dataset | None:
     if "escape_hist" not in ds or "escape_step_lo" not in ds.coords:
         return None
     edges = np.append(ds["escape_step_lo"].values, ds["escape_step_hi"].values[-1]).astype(np.int64)
-    hist = ds["escape_hist"].transpose("T", "batch_size", "depth", "width", "escape_step_bin").values
-    nw = ds["n_walkers"].isel(steps=0).transpose("T", "batch_size", "depth", "width").values
-    nd = (ds["n_diverged"].isel(steps=0).transpose("T", "batch_size", "depth", "width").values
+    hist = ds["escape_hist"].transpose(*CELL_AXES, "escape_step_bin").values
+    nw = ds["n_walkers"].isel(steps=0).transpose(*CELL_AXES).values
+    nd = (ds["n_diverged"].isel(steps=0).transpose(*CELL_AXES).values
           if "n_diverged" in ds else 0)
     keys = ("transient", "transient_fraction", "tail_rate", "p_value", "verdict")
     res = {k: [] for k in keys}
@@ -354,7 +357,7 @@ def write_fits(fits: xr.Dataset, path) -> None:
 def open_fits(path) -> xr.Dataset:
     """The fits stored in a cube's `fits/` group (by `escape-sweep fit` or `write_fits`)."""
     text = str(path)
-    if "://" not in text and not (Path(text) / FITS_GROUP / "zarr.json").exists():
+    if not is_remote(text) and not (Path(text) / FITS_GROUP / "zarr.json").exists():
         raise FileNotFoundError(f"{text}: no fits group; run `escape-sweep fit {text}` first")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -19,6 +19,7 @@ import xarray as xr
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..model.axes import AXES, SEED_PIT
 from .select import SelectionError, _describe, _fmt, apply_sel
 
 FIGSIZE = (7.0, 4.4)
@@ -33,7 +34,7 @@ LOG_Y = ("median_escape_time", "escape_rate", "exposure", "mfpt", "tail_rate")  
 # ---------------------------------------------------------------------------------------------
 
 
-AUTO_DIMS = ("T", "steps", "batch_size", "depth", "width")
+AUTO_DIMS = AXES
 
 
 def default_value(ds, dim):
@@ -44,7 +45,7 @@ def default_value(ds, dim):
         return vals.max()
     if dim == "batch_size":
         return vals.min()
-    want = {"depth": 1.0, "width": 0.1}.get(dim)
+    want = SEED_PIT.get(dim)
     if want is not None:
         close = np.isclose(vals.astype(float), want)
         if close.any():

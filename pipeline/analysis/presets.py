@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from .. import stats
 from ..errors import SelectionError
+from ..model.axes import SEED_PIT
 from . import fits as _fits
 from .catalog import PRESETS as CATALOG
 from .plots import (_hue_colors, _new_fig, plot_cube, save)
@@ -30,7 +31,7 @@ def _default_sel(ds, sel, keep=()):
     """The seed post's cell unless `sel` says otherwise: smallest batch size (B = 1), depth 1 and
     width 0.1 where present (else the first value)."""
     sel = dict(sel or {})
-    prefer = {"batch_size": 1, "depth": 1.0, "width": 0.1}
+    prefer = {"batch_size": 1, **SEED_PIT}
     for dim, want in prefer.items():
         if dim in keep or dim in sel or dim not in ds.dims:
             continue

@@ -24,6 +24,7 @@ from . import fits as _fits
 from .select import _fmt
 from . import plots, presets
 from ..errors import SelectionError
+from ..model.axes import SEED_PIT
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0 auto;max-width:1100px;padding:1.5em;
@@ -121,7 +122,7 @@ def _figures(ds: xr.Dataset, budget) -> list[tuple[str, str, str | None]]:
 
 def _seed_sel(ds, keep_b=False):
     sel = {}
-    for dim, want in (("batch_size", 1), ("depth", 1.0), ("width", 0.1)):
+    for dim, want in {"batch_size": 1, **SEED_PIT}.items():
         if keep_b and dim == "batch_size":
             continue
         vals = ds[dim].values.astype(float)

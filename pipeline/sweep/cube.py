@@ -14,12 +14,13 @@ import json
 import numpy as np
 
 from .. import stats
+from ..model.axes import AXES, AXIS_ATTRS, CELL_AXES, samples, solves
 from ..model.landscape import MODEL_FORMULA
 from .spec import Spec
 
-CELL_DIMS = ("T", "batch_size", "depth", "width")
-DIMS5 = ("T", "steps", "batch_size", "depth", "width")
-HIST_DIMS = ("T", "batch_size", "depth", "width", "escape_step_bin")
+CELL_DIMS = CELL_AXES
+DIMS5 = AXES
+HIST_DIMS = CELL_AXES + ("escape_step_bin",)
 FORMAT = "escape-sweep-cube-1"
 
 # name -> (dtype, long_name, units, description)
@@ -65,10 +66,6 @@ GEOMETRY = {
     "w_start": ("pit minimum", "W", "l1's local minimum near W = 1: every walker starts here"),
     "w_barrier": ("barrier", "W", "l1's local maximum right of the pit: escape is the first step with W > w_barrier"),
 }
-COORD_ATTRS = {
-    "T": ("learning rate", "1"), "steps": ("step budget", "steps"), "batch_size": ("batch size", "data points"),
-    "depth": ("pit depth", "loss"), "width": ("pit width", "W"),
-}
 
 
 def skeleton(spec: Spec, chunks, edges, versions: dict, created: str):
@@ -83,8 +80,8 @@ def skeleton(spec: Spec, chunks, edges, versions: dict, created: str):
     coords["escape_step_lo"] = ("escape_step_bin", edges[:-1].astype(np.int64))
     coords["escape_step_hi"] = ("escape_step_bin", edges[1:].astype(np.int64))
     ds = xr.Dataset(coords=coords)
-    for a, (ln, units) in COORD_ATTRS.items():
-        ds[a].attrs.update(long_name=ln, units=units)
+    for a, (ln, units, desc) in AXIS_ATTRS.items():
+        ds[a].attrs.update(long_name=ln, units=units, description=desc)
     ds["escape_step_bin"].attrs.update(long_name="escape-step bin index", units="1")
     ds["escape_step_lo"].attrs.update(long_name="escape-step bin start (inclusive)", units="steps")
     ds["escape_step_hi"].attrs.update(long_name="escape-step bin end (exclusive)", units="steps")
@@ -97,8 +94,8 @@ def skeleton(spec: Spec, chunks, edges, versions: dict, created: str):
         ds[name] = (DIMS5, da.full(shape5, fill, dtype=dtype, chunks=ch5))
         ds[name].attrs.update(long_name=ln, units=units, description=desc)
         encoding[name] = {"chunks": ch5, "_FillValue": None if dtype == "int64" else np.nan}
-    extra = dict(MARKOV_VARIABLES) if spec.method in ("markov", "both") else {}
-    if spec.method == "both":
+    extra = dict(MARKOV_VARIABLES) if solves(spec.method) else {}
+    if samples(spec.method) and solves(spec.method):
         extra.update(BOTH_VARIABLES)
     for name, (dims, dtype, ln, units, desc) in extra.items():
         shape, ch = (shape5, ch5) if dims == DIMS5 else (spec.cell_shape, tuple(chunks))
@@ -106,7 +103,7 @@ def skeleton(spec: Spec, chunks, edges, versions: dict, created: str):
         ds[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=ch))
         ds[name].attrs.update(long_name=ln, units=units, description=desc)
         encoding[name] = {"chunks": ch, "_FillValue": None if dtype == "bool" else np.nan}
-    if spec.method == "markov":
+    if not samples(spec.method):
         for name in ("p_escape", "p_escape_low", "p_escape_high", "escape_rate", "log10_escape_time",
                      "log10_escape_time_low", "log10_escape_time_high"):
             ds[name].attrs["description"] = MARKOV_NOTE + ds[name].attrs["description"]
@@ -142,7 +139,7 @@ def derived(counts: dict, edges, method: str = "montecarlo") -> dict:
     n = np.repeat(counts["n_walkers"][..., None], nb, axis=-1)
     ndiv = np.repeat(counts["n_diverged"][..., None], nb, axis=-1)
     k, e = counts["n_escaped"], counts["exposure"]
-    if method == "markov":
+    if not samples(method):
         tau = np.repeat(counts["mfpt"][..., None], nb, axis=-1)
         rel = np.repeat(counts["mfpt_rel_error"][..., None], nb, axis=-1)
         p = plo = phi = counts["markov_p_escape"]
@@ -159,7 +156,7 @@ def derived(counts: dict, edges, method: str = "montecarlo") -> dict:
     out = dict(n_walkers=n, n_escaped=k, n_diverged=ndiv, exposure=e, p_escape=p, p_escape_low=plo,
                p_escape_high=phi, escape_rate=rate, log10_escape_time=lt, log10_escape_time_low=ltlo,
                log10_escape_time_high=lthi, median_escape_time=med)
-    if method == "both":
+    if samples(method) and solves(method):
         # P(escape within the budget) is what both methods measure at every budget (the censored
         # rate at a budget far below tau measures early escapes only, so tau is no fair test there)
         _, lo99, hi99 = stats.wilson(k, n, conf=0.99)
@@ -168,7 +165,7 @@ def derived(counts: dict, edges, method: str = "montecarlo") -> dict:
         out["markov_p_escape"] = mp
     out = {name: np.moveaxis(np.asarray(v, dtype=_dtype(name)), -1, 1) for name, v in out.items()}
     out["escape_hist"] = np.asarray(counts["hist"], dtype=np.int64)
-    if method in ("markov", "both"):
+    if solves(method):
         out["mfpt"] = np.asarray(counts["mfpt"], dtype=np.float64)
         out["mfpt_rel_error"] = np.asarray(counts["mfpt_rel_error"], dtype=np.float64)
     return out
@@ -180,3 +177,17 @@ def _dtype(name: str) -> str:
     return BOTH_VARIABLES[name][1]
 
 
+def regions(slices, variables: dict) -> dict:
+    """Where each derived variable of a chunk goes: name -> (index tuple into the array, values).
+
+    slices are along (T, batch_size, depth, width); five-dim variables span every budget."""
+    sT, sB, sD, sW = slices
+    out = {}
+    for name, arr in variables.items():
+        if name == "escape_hist":
+            out[name] = ((sT, sB, sD, sW, slice(None)), arr)
+        elif name in MARKOV_VARIABLES:
+            out[name] = ((sT, sB, sD, sW), arr)
+        else:
+            out[name] = ((sT, slice(None), sB, sD, sW), arr)
+    return out

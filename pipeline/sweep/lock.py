@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import LockedError
+from ..locations import is_path, local_path
 
 LOCK_SUFFIX = ".escape-sweep.lock"
 DEFAULT_TIMEOUT = 60.0
@@ -70,16 +71,9 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
 def lock_path(store) -> Path:
     """The lock file of a local store: `<parent>/.<name>.escape-sweep.lock` (symlinks resolved)."""
-    store = os.fspath(store)
-    if store.startswith("file://"):
-        store = store[len("file://"):]
-    p = Path(store).expanduser()
+    p = local_path(store).expanduser()
     p = p.parent.resolve() / p.name if p.name else p.resolve()
     if p.is_symlink():
         p = p.resolve()
@@ -95,11 +89,8 @@ class StoreLock:
     """
 
     def __init__(self, path, *, timeout: float = DEFAULT_TIMEOUT, interval: float = DEFAULT_INTERVAL):
-        path = os.fspath(path)
-        self.remote = _is_remote(path)
-        if path.startswith("file://"):
-            path = path[len("file://"):]
-        self.store = Path(path)
+        self.remote = not is_path(path)  # a URL or a zarr store object: nothing to lock
+        self.store = local_path(path) if not self.remote else path
         self.path = None if self.remote else lock_path(path)
         self.timeout = float(timeout)
         self.interval = float(min(interval, max(timeout / 4, 0.05)))

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from ..model.axes import samples, solves
 from ..model.kernels import LANES
 from .spec import Spec
 from .task import Cell, Task
@@ -28,8 +29,8 @@ MARKOV_CELL_COST = 0.3 * KERNEL_RATE  # an exact solve takes a fraction of a sec
 
 def _cell_cost(spec: Spec) -> float:
     """Work of one cell in walker-step units: walkers x max(steps), plus the exact solve."""
-    mc = spec.walkers * spec.max_steps if spec.method in ("montecarlo", "both") else 0
-    return mc + (MARKOV_CELL_COST if spec.method in ("markov", "both") else 0)
+    mc = spec.walkers * spec.max_steps if samples(spec.method) else 0
+    return mc + (MARKOV_CELL_COST if solves(spec.method) else 0)
 
 
 def chunk_shape(spec: Spec, task_seconds: float = DEFAULT_TASK_SECONDS,
@@ -51,7 +52,7 @@ def walker_blocks(spec: Spec, chunk: tuple[int, int, int, int], task_seconds: fl
     """(start, count) walker ranges of one cell: one range unless a cell alone is over the task size.
 
     Blocks are multiples of the kernel's lane count so no lanes are padded except in the last."""
-    if math.prod(chunk) > 1 or spec.method == "markov":
+    if math.prod(chunk) > 1 or not samples(spec.method):
         return [(0, spec.walkers)]
     n = max(1, math.ceil(spec.walkers * spec.max_steps / (task_seconds * KERNEL_RATE)))
     size = max(LANES, math.ceil(spec.walkers / n / LANES) * LANES)
@@ -87,7 +88,8 @@ def chunk_slices(spec: Spec, chunks, index) -> tuple[slice, slice, slice, slice]
     return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunks, spec.cell_shape))
 
 
-def tasks_for_chunk(spec: Spec, chunks, index, pits, task_seconds=DEFAULT_TASK_SECONDS) -> list[Task]:
+def tasks_for_chunk(spec: Spec, chunks, index, pits, task_seconds=DEFAULT_TASK_SECONDS,
+                    backend: str = "cpu") -> list[Task]:
     """The task(s) computing one chunk: one, or one per walker block for a one-cell chunk."""
     sl = chunk_slices(spec, chunks, index)
     cells = []
@@ -102,7 +104,7 @@ def tasks_for_chunk(spec: Spec, chunks, index, pits, task_seconds=DEFAULT_TASK_S
     blocks = walker_blocks(spec, chunks, task_seconds)
     return [Task(chunk=tuple(index), shape=shape, cells=tuple(cells), walker_start=s, walker_count=c,
                  budgets=spec.steps, edges=edges, seed=spec.seed, block=b, n_blocks=len(blocks),
-                 method=spec.method)
+                 method=spec.method, backend=backend)
             for b, (s, c) in enumerate(blocks)]
 
 

@@ -12,7 +12,6 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +19,7 @@ from . import partition, store
 from ..deploy import ClusterOptions, open_client
 from ..errors import StoreMismatch
 from .spec import Spec, load_spec
+from .planner import StaticPlanner
 from .task import run_task
 
 
@@ -75,25 +75,24 @@ class Summary:
                 f"tasks submitted {self.tasks_submitted}")
 
 
-def check_store(spec: Spec, path: str, opts: RunOptions) -> tuple[int, int, int, int] | None:
+def check_store(spec: Spec, st: store.Store, opts: RunOptions) -> tuple[int, int, int, int] | None:
     """Chunk shape of an existing store of this spec (resume), or None if one must be created.
 
     A store from another spec (or a non-cube directory) is refused unless overwrite is set.
     Nothing is written here, so a refusal leaves the disk as it was."""
-    p = Path(path)
-    if p.exists():
-        if store.is_cube(p):
-            attrs = store.read_attrs(p)
-            if attrs.get("spec_hash") == spec.content_hash and not opts.overwrite:
-                return tuple(attrs["chunk_shape"])
-            if not opts.overwrite:
-                raise StoreMismatch(
-                    f"{path}: store was made from a different spec (name {attrs.get('name')!r}, hash "
-                    f"{str(attrs.get('spec_hash'))[:12]} != {spec.content_hash[:12]}); use --overwrite to replace it "
-                    "or [output] path / --output to write elsewhere")
-        elif not p.is_dir() or any(p.iterdir()):
-            if not opts.overwrite:
-                raise StoreMismatch(f"{path}: exists and is not an escape-sweep cube; use --overwrite to replace it")
+    if not st.exists():
+        return None
+    if st.is_cube():
+        attrs = st.attrs()
+        if attrs.get("spec_hash") == spec.content_hash and not opts.overwrite:
+            return tuple(attrs["chunk_shape"])
+        if not opts.overwrite:
+            raise StoreMismatch(
+                f"{st.where}: store was made from a different spec (name {attrs.get('name')!r}, hash "
+                f"{str(attrs.get('spec_hash'))[:12]} != {spec.content_hash[:12]}); use --overwrite to replace it "
+                "or [output] path / --output to write elsewhere")
+    elif st.local and (not st.path.is_dir() or any(st.path.iterdir())) and not opts.overwrite:
+        raise StoreMismatch(f"{st.where}: exists and is not an escape-sweep cube; use --overwrite to replace it")
     return None
 
 
@@ -123,80 +122,55 @@ class _Progress:
             print(file=sys.stderr, flush=True)
 
 
-ADDITIVE = ("n_walkers", "n_diverged", "n_escaped", "exposure", "hist")
-
-
-def _sum_blocks(parts: list[dict]) -> dict:
-    """Counts of a chunk from its walker blocks (they add); per-cell extras come from block 0."""
-    out = {k: v for k, v in parts[0].items() if k not in ADDITIVE}
-    out.update({k: parts[0][k].copy() for k in ADDITIVE})
-    for p in parts[1:]:
-        for k in ADDITIVE:
-            out[k] += p[k]
-    return out
-
-
-def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output: str | None = None, yes: bool = False) -> Summary:
-    """Run (or resume) a sweep and return its Summary. The store is `output` or the spec's path.
+def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output=None, yes: bool = False) -> Summary:
+    """Run (or resume) a sweep and return its Summary. The store is `output` (a path, or a zarr
+    store object) or the spec's path.
 
     Order: take the store lock (a second run on the store is refused), check the store against
     the spec, connect to the workers, and only then create the store -- so a refused spec or
-    an unreachable scheduler writes nothing."""
+    an unreachable scheduler writes nothing. Every write checks the lock first."""
     from .lock import StoreLock
 
     opts = opts or RunOptions()
     spec = spec_or_path if isinstance(spec_or_path, Spec) else load_spec(spec_or_path, output=output, yes=yes)
-    path = str(output or spec.output)
+    where = output if output is not None else spec.output
     t0 = time.perf_counter()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with StoreLock(path):
-        chunks = check_store(spec, path, opts)
-        if chunks is not None:
-            done = store.done_mask(store.open_group(path, mode="r"))
-        else:
+    with StoreLock(where) as lock:
+        st = store.Store(where, guard=lock.check)
+        chunks = check_store(spec, st, opts)
+        fresh = chunks is None
+        if fresh:
             chunks = partition.chunk_shape(spec, opts.task_seconds)
             done = np.zeros(partition.chunk_grid(spec, chunks), bool)
-        pending = [tuple(int(i) for i in idx) for idx in zip(*np.nonzero(~done))]
-        summary = Summary(path=path, cells=spec.n_cells, walkers=spec.n_cells * spec.walkers,
+        else:
+            done = st.done_mask()
+        pending = list(zip(*np.nonzero(~done)))
+        summary = Summary(path=str(where), cells=spec.n_cells, walkers=spec.n_cells * spec.walkers,
                           chunks_total=int(done.size), chunks_done_before=int(done.sum()), chunks_computed=0,
                           tasks_submitted=0, walker_steps=0, wall_seconds=0.0, complete=False, method=spec.method)
         if pending:
+            planner = StaticPlanner(spec, chunks, pending, opts.task_seconds)
             with open_client(opts.cluster) as client:
-                if needs_new_store(spec, path, opts):
-                    store.create(path, spec, chunks, partition.spec_edges(spec), partition.chunk_grid(spec, chunks))
-                _compute(client, spec, path, store.open_group(path), chunks, pending, opts, summary)
-        summary.complete = bool(store.done_mask(store.open_group(path, mode="r")).all())
-        if summary.complete:
-            attrs = store.read_attrs(path)
-            if pending or not attrs.get("completed"):
-                store.set_attrs(path, completed=store.now())
+                if fresh:
+                    st.create(spec, chunks, partition.spec_edges(spec), partition.chunk_grid(spec, chunks))
+                _compute(client, spec, st, planner, opts, summary)
+        summary.complete = bool(st.done_mask().all())
+        if summary.complete and (pending or not st.attrs().get("completed")):
+            st.set_attrs(completed=store.now())
     summary.wall_seconds = time.perf_counter() - t0
     return summary
 
 
-def needs_new_store(spec: Spec, path: str, opts: RunOptions) -> bool:
-    """A new store is needed: none there, or a different spec's (or a non-cube) with overwrite."""
-    p = Path(path)
-    if not store.is_cube(p):
-        return True
-    return store.read_attrs(p).get("spec_hash") != spec.content_hash or opts.overwrite
-
-
-def _compute(client, spec, path, group, chunks, pending, opts, summary):
+def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, summary: Summary) -> None:
+    """Keep a bounded window of tasks in flight; write each chunk the planner says is finished."""
     from distributed import as_completed
 
-    pits = spec.pits()
     edges = partition.spec_edges(spec)
-
-    def tasks():
-        for idx in pending:
-            yield from partition.tasks_for_chunk(spec, chunks, idx, pits, opts.task_seconds)
-
-    todo = tasks()
-    progress = _Progress(len(pending), opts.progress)
+    group = st.group()
+    progress = _Progress(planner.total, opts.progress)
     summary.dashboard = client.dashboard_link
     if opts.progress:
-        print(f"escape-sweep: {spec.name}: {len(pending)} chunks to compute "
+        print(f"escape-sweep: {spec.name}: {planner.total} chunks to compute "
               f"({summary.chunks_done_before} already done) on {client.scheduler.address}", file=sys.stderr)
         print(f"escape-sweep: dashboard {client.dashboard_link}", file=sys.stderr, flush=True)
     nthreads = sum(client.nthreads().values()) or 1
@@ -205,36 +179,25 @@ def _compute(client, spec, path, group, chunks, pending, opts, summary):
     t_start = time.perf_counter()
     tag = spec.content_hash[:10]
     ac = as_completed()
-    blocks: dict[tuple, list] = {}
 
-    def submit_next() -> bool:
-        t = next(todo, None)
-        if t is None:
-            return False
-        key = f"escape-sweep-chunk-{tag}-{'.'.join(map(str, t.chunk))}-b{t.block}"
-        ac.add(client.submit(run_task, t, key=key, retries=opts.retries, pure=False))
-        summary.tasks_submitted += 1
-        blocks.setdefault(t.chunk, [None] * t.n_blocks)
-        return True
+    def submit(n: int) -> None:
+        for t in planner.ask(n):
+            key = f"escape-sweep-chunk-{tag}-{'.'.join(map(str, t.chunk))}-b{t.block}"
+            ac.add(client.submit(run_task, t, key=key, retries=opts.retries, pure=False))
+            summary.tasks_submitted += 1
 
-    for _ in range(window):
-        if not submit_next():
-            break
+    submit(window)
     try:
         for fut in ac:
             res = fut.result()
             fut.release()
-            parts = blocks[res["chunk"]]
-            parts[res["block"]] = res
             summary.walker_steps += res["walker_steps"]
             summary.kernel_seconds += res["kernel_seconds"]
-            if all(p is not None for p in parts):
-                del blocks[res["chunk"]]
-                sl = partition.chunk_slices(spec, chunks, res["chunk"])
-                store.write_chunk(group, sl, _sum_blocks(parts), edges, spec.method)
-                store.mark_done(group, res["chunk"])
+            chunk = planner.tell(res)
+            if chunk is not None:
+                st.write_chunk(chunk.index, chunk.slices, chunk.counts, edges, spec.method, chunk.walkers, group=group)
                 summary.chunks_computed += 1
-            submit_next()
+            submit(1)
             progress.update(summary.chunks_computed, summary.walker_steps)
         progress.update(summary.chunks_computed, summary.walker_steps, force=True)
         summary.compute_seconds = time.perf_counter() - t_start

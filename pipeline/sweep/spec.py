@@ -31,11 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SpecError
+from ..model.axes import AXES, INT_AXES, METHODS
 from ..model.landscape import Pit, find_pit
 
-AXES = ("T", "steps", "batch_size", "depth", "width")
-INT_AXES = ("steps", "batch_size")
-METHODS = ("montecarlo", "markov", "both")
 TOP_KEYS = {"name", "seed", "walkers", "method", "axes", "output"}
 RANGE_KEYS = {"start", "stop", "num", "scale"}
 MAX_CELLS = 2_000_000  # beyond this (or MAX_WALKER_STEPS) a sweep needs --yes

@@ -1,28 +1,34 @@
-"""All cube I/O: create a store atomically, write a chunk's variables, mark it done, read the
-completion record and attributes, open the cube. Layout and variables are in `cube`.
+"""All cube I/O behind one class: create a store atomically, write a chunk's variables and its
+completion record, read the record and the attributes, open the cube. Layout: `cube`.
 
-Every chunk file is written atomically by zarr's LocalStore, so an interrupted run leaves whole
-chunks and a record of exactly which are complete.
+A `Store` wraps a local path, a URL or a zarr store object (an in-memory `zarr.storage.MemoryStore`
+in tests). Every write first calls `guard()` -- the runner passes the store lock's check, so a
+process writes only into a store whose lock it verifiably holds. On a local path, creation is
+atomic (built beside the target, then renamed into place) and zarr's LocalStore writes each chunk
+file atomically, so an interrupted run leaves whole chunks and an exact record of which are done.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import shutil
+import time
 import warnings
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 import numpy as np
 
+from ..locations import is_path, local_path
 from . import cube
-from .cube import FORMAT, MARKOV_VARIABLES, derived
 from .spec import Spec
 
+PROGRESS = "progress"
+
+
 def versions() -> dict[str, str]:
+    """Versions of the package and the libraries that shape its numbers (provenance)."""
     out = {}
     for pkg in ("escape-sweep", "numpy", "numba", "dask", "distributed", "xarray", "zarr", "scipy"):
         try:
@@ -33,108 +39,153 @@ def versions() -> dict[str, str]:
 
 
 def now() -> str:
+    """UTC time, ISO 8601 to the second (creation and completion times)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def is_cube(path) -> bool:
-    p = Path(path)
-    try:
-        meta = json.loads((p / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return meta.get("attributes", {}).get("format") == FORMAT
-
-
-def read_attrs(path) -> dict:
-    return json.loads((Path(path) / "zarr.json").read_text()).get("attributes", {})
-
-
-def create(path, spec: Spec, chunks, edges, grid) -> None:
-    """Write a new, empty cube at `path` atomically (built beside it, then renamed into place).
-
-    If `path` exists it is replaced only after the new one is complete (the caller decides
-    whether that is allowed), so a crash never leaves a half-overwritten store."""
-    import zarr
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.new-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    ds, encoding = cube.skeleton(spec, chunks, edges, versions(), now())
-    ds.to_zarr(tmp, compute=False, zarr_format=3, consolidated=False, encoding=encoding, mode="w")
-    g = zarr.open_group(tmp, mode="r+", use_consolidated=False)
-    prog = g.require_group("progress")
-    prog.attrs.update(description="completion record per task chunk: done = 1 once every variable of the chunk is written",
-                      chunk_shape=list(chunks), cell_dims=list(cube.CELL_DIMS))
-    prog.create_array("done", shape=grid, chunks=(1,) * 4, dtype="uint8", fill_value=0)
-    prog.create_array("finished_at", shape=grid, chunks=(1,) * 4, dtype="float64", fill_value=np.nan)
-    consolidate(tmp)
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
-
-
-def consolidate(path) -> None:
-    """Consolidate metadata so `xarray.open_zarr(path)` opens quietly (zarr warns that v3
-    consolidation is not yet in the spec; zarr-python and xarray both read it)."""
+def _quiet_consolidate(target) -> None:
+    """Consolidate metadata so `xarray.open_zarr` opens quietly (zarr warns that v3 consolidation
+    is not yet in the spec; zarr-python and xarray both read it)."""
     import zarr
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(str(path))
+        zarr.consolidate_metadata(target)
 
 
-def open_group(path, mode="r+"):
-    import zarr
+class Store:
+    """One cube's storage: a local path, a URL, or a zarr store object.
 
-    return zarr.open_group(str(path), mode=mode, use_consolidated=False)
+    where   the location (str / Path / zarr.abc.store.Store)
+    guard   called before every write; raises if this process may no longer write (lock lost)
+    """
 
+    def __init__(self, where, guard=None):
+        self.where = where
+        self.local = is_path(where)
+        self.path = local_path(where) if self.local else None
+        self.guard = guard or (lambda: None)
 
-def write_chunk(group, slices, counts: dict, edges, method: str = "montecarlo") -> None:
-    """Write every variable of one chunk (slices along T, batch_size, depth, width)."""
-    sT, sB, sD, sW = slices
-    for name, arr in derived(counts, edges, method).items():
-        if name == "escape_hist":
-            group[name][sT, sB, sD, sW, :] = arr
-        elif name in MARKOV_VARIABLES:
-            group[name][sT, sB, sD, sW] = arr
+    def __repr__(self) -> str:
+        return f"Store({self.where!r})"
+
+    @property
+    def _target(self):
+        """What zarr and xarray take: a str for paths and URLs, else the store object."""
+        return str(self.path) if self.local else (self.where if not isinstance(self.where, os.PathLike) else os.fspath(self.where))
+
+    # ------------------------------------------------------------------ reading
+    def exists(self) -> bool:
+        if self.local:
+            return self.path.exists()
+        try:
+            self.group("r")
+            return True
+        except Exception:
+            return False
+
+    def group(self, mode: str = "r+"):
+        import zarr
+
+        return zarr.open_group(self._target, mode=mode, use_consolidated=False)
+
+    def attrs(self) -> dict:
+        """The group attributes (spec, hash, provenance); {} where there is no readable group."""
+        try:
+            return dict(self.group("r").attrs)
+        except Exception:
+            return {}
+
+    def is_cube(self) -> bool:
+        return self.attrs().get("format") == cube.FORMAT
+
+    def done_mask(self) -> np.ndarray:
+        """Boolean array over the chunk grid: which chunks are complete."""
+        return np.asarray(self.group("r")[f"{PROGRESS}/done"][...]).astype(bool)
+
+    def chunk_count(self) -> tuple[int, int]:
+        """(done, total) chunk counts."""
+        m = self.done_mask()
+        return int(m.sum()), int(math.prod(m.shape))
+
+    def open_dataset(self):
+        """The cube as a lazy `xarray.Dataset` (dask-backed; nothing is read until used)."""
+        import xarray as xr
+
+        if self.local and not self.path.exists():
+            raise FileNotFoundError(f"{self.where}: no such store")
+        consolidated = None if (not self.local or (self.path / "zarr.json").exists()) else False
+        return xr.open_zarr(self._target, consolidated=consolidated)
+
+    # ------------------------------------------------------------------ writing
+    def create(self, spec: Spec, chunks, edges, grid) -> None:
+        """Write a new, empty cube (replacing what is there only once the new one is complete)."""
+        import zarr
+
+        self.guard()
+        ds, encoding = cube.skeleton(spec, chunks, edges, versions(), now())
+        if self.local:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            target = str(tmp)
         else:
-            group[name][sT, :, sB, sD, sW] = arr
+            target = self._target
+        ds.to_zarr(target, compute=False, zarr_format=3, consolidated=False, encoding=encoding, mode="w")
+        g = zarr.open_group(target, mode="r+", use_consolidated=False)
+        prog = g.require_group(PROGRESS)
+        prog.attrs.update(description="completion record per task chunk: done = 1 once every variable of "
+                                      "the chunk is written; walkers = walkers 0..walkers-1 of each of its cells "
+                                      "are counted", chunk_shape=list(chunks), cell_dims=list(cube.CELL_DIMS))
+        prog.create_array("done", shape=grid, chunks=(1,) * 4, dtype="uint8", fill_value=0)
+        prog.create_array("walkers", shape=grid, chunks=(1,) * 4, dtype="int64", fill_value=0)
+        prog.create_array("finished_at", shape=grid, chunks=(1,) * 4, dtype="float64", fill_value=np.nan)
+        _quiet_consolidate(target)
+        if not self.local:
+            return
+        self.guard()
+        if self.path.exists():
+            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
+            os.replace(self.path, old)
+            os.replace(tmp, self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, self.path)
+
+    def write_chunk(self, index, slices, counts: dict, edges, method: str, walkers: int, group=None) -> None:
+        """Every variable of one chunk (slices along T, batch_size, depth, width), then its
+        completion record: done, the walkers it counts, the time."""
+        self.guard()
+        g = group if group is not None else self.group()
+        for name, (region, arr) in cube.regions(slices, cube.derived(counts, edges, method)).items():
+            g[name][region] = arr
+        self.guard()
+        index = tuple(index)
+        g[f"{PROGRESS}/finished_at"][index] = time.time()
+        if "walkers" in g[PROGRESS]:  # stores made before the walker record have none
+            g[f"{PROGRESS}/walkers"][index] = walkers
+        g[f"{PROGRESS}/done"][index] = 1
+
+    def set_attrs(self, **attrs) -> None:
+        """Update group attributes and re-consolidate the metadata."""
+        self.guard()
+        self.group().attrs.update(attrs)
+        _quiet_consolidate(self._target)
 
 
-def mark_done(group, index) -> None:
-    """The chunk's completion record: written last, after all of its data."""
-    import time
-
-    group["progress/finished_at"][tuple(index)] = time.time()
-    group["progress/done"][tuple(index)] = 1
+# Thin functions over Store for callers that hold a location, not a Store.
+def is_cube(where) -> bool:
+    return Store(where).is_cube()
 
 
-def done_mask(group) -> np.ndarray:
-    """Boolean array over the chunk grid: which chunks are complete."""
-    return np.asarray(group["progress/done"][...]).astype(bool)
+def read_attrs(where) -> dict:
+    return Store(where).attrs()
 
 
-def set_attrs(path, **attrs) -> None:
-    g = open_group(path)
-    g.attrs.update(attrs)
-    consolidate(path)
+def chunk_count(where) -> tuple[int, int]:
+    return Store(where).chunk_count()
 
 
-def open_cube(path):
-    """The cube as a lazy `xarray.Dataset` (dask-backed; nothing is read until used)."""
-    import xarray as xr
-
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: no such store")
-    return xr.open_zarr(str(path), consolidated=None if (Path(path) / "zarr.json").exists() else False)
-
-
-def chunk_count(path) -> tuple[int, int]:
-    """(done, total) chunk counts of a store."""
-    m = done_mask(open_group(path, mode="r"))
-    return int(m.sum()), int(math.prod(m.shape))
+def open_cube(where):
+    """The cube at `where` (path, URL or zarr store) as a lazy `xarray.Dataset`."""
+    return Store(where).open_dataset()

@@ -11,8 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model.kernels import DIVERGED, escape_steps
+from ..model.backends import get_kernel
+from ..model.kernels import DIVERGED
+from ..model.axes import samples, solves
 from ..model.simulate import cell_key
+
+
+# The additive counts a task returns per cell: summing them over walker blocks gives the cell's
+# counts (n_walkers, n_diverged per cell; n_escaped, exposure per budget; hist per bin).
+COUNTS = ("n_walkers", "n_diverged", "n_escaped", "exposure", "hist")
 
 
 def walker_steps(esc: np.ndarray, steps: int) -> int:
@@ -48,12 +55,9 @@ class Task:
     seed: int
     block: int = 0
     n_blocks: int = 1
-    method: str = "montecarlo"  # "montecarlo", "markov" (exact solver only) or "both"
+    method: str = "montecarlo"  # one of axes.METHODS
+    backend: str = "cpu"  # a name from model.backends: how, never what, is computed
 
-    @property
-    def cost(self) -> int:
-        """Upper bound of walker-steps: walkers x max budget x cells."""
-        return len(self.cells) * self.walker_count * max(self.budgets)
 
 
 def summarize(esc: np.ndarray, budgets, edges) -> dict:
@@ -91,7 +95,8 @@ def run_task(task: Task) -> dict:
         hist=np.zeros(shape + (nh,), np.int64), walker_steps=0, kernel_seconds=0.0,
     )
     smax = max(task.budgets)
-    if task.method in ("montecarlo", "both"):
+    escape_steps = get_kernel(task.backend)
+    if samples(task.method):
         for c in task.cells:
             key = cell_key(task.seed, c.T, c.batch_size, c.depth, c.width)
             t0 = time.perf_counter()
@@ -99,10 +104,10 @@ def run_task(task: Task) -> dict:
                                key, task.walker_start, task.walker_count)
             out["kernel_seconds"] += time.perf_counter() - t0
             s = summarize(esc, task.budgets, task.edges)
-            for name in ("n_walkers", "n_diverged", "n_escaped", "exposure", "hist"):
+            for name in COUNTS:
                 out[name][c.index] = s[name]
             out["walker_steps"] += walker_steps(esc, smax)
-    if task.method in ("markov", "both") and task.block == 0:
+    if solves(task.method) and task.block == 0:
         from ..model.markov import markov_cell
 
         out["mfpt"] = np.zeros(shape)

@@ -1,0 +1,79 @@
+"""Planners decide what to compute next; the runner only executes (ask/tell, as python-adaptive
+separates learners from runners). A planner never sees Dask or the store.
+
+    tasks = planner.ask(n)          # up to n more tasks (fewer, or none, when nothing is left)
+    chunk = planner.tell(result)    # a finished chunk (index, summed counts, walkers) or None
+
+`StaticPlanner` is today's sweep: every pending chunk of a fixed grid, each computed once, its
+walker blocks summed. Growing and refining cubes are other planners over the same interface;
+the completion record keeps, per chunk, how many walkers of each cell it counts (`walkers`), so
+a later planner can add walker blocks `walkers .. new-1` to a cell and add their counts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import partition
+from .spec import Spec
+from .task import COUNTS, Task
+
+
+@dataclass(frozen=True)
+class ChunkDone:
+    """A chunk whose every walker block came back: where it goes and what to write."""
+
+    index: tuple[int, int, int, int]
+    slices: tuple[slice, slice, slice, slice]
+    counts: dict
+    walkers: int  # walkers 0 .. walkers-1 of each cell are counted
+
+
+def sum_blocks(parts: list[dict]) -> dict:
+    """Counts of a chunk from its walker blocks: the COUNTS add; per-cell extras come from block 0."""
+    out = {k: v for k, v in parts[0].items() if k not in COUNTS}
+    out.update({k: parts[0][k].copy() for k in COUNTS})
+    for p in parts[1:]:
+        for k in COUNTS:
+            out[k] += p[k]
+    return out
+
+
+class StaticPlanner:
+    """Every pending chunk of a spec's grid, in C order; tasks are made lazily, as asked for."""
+
+    def __init__(self, spec: Spec, chunks, pending, task_seconds: float = partition.DEFAULT_TASK_SECONDS,
+                 backend: str = "cpu"):
+        self.spec, self.chunks = spec, tuple(chunks)
+        self.pending = [tuple(int(i) for i in idx) for idx in pending]
+        self.backend = backend
+        pits = spec.pits()
+        self._todo = itertools.chain.from_iterable(
+            partition.tasks_for_chunk(spec, self.chunks, idx, pits, task_seconds, backend=backend)
+            for idx in self.pending)
+        self._blocks: dict[tuple, list] = {}
+
+    @property
+    def total(self) -> int:
+        """Chunks this planner will complete."""
+        return len(self.pending)
+
+    def ask(self, n: int) -> list[Task]:
+        out = list(itertools.islice(self._todo, max(0, n)))
+        for t in out:
+            self._blocks.setdefault(t.chunk, [None] * t.n_blocks)
+        return out
+
+    def tell(self, result: dict) -> ChunkDone | None:
+        parts = self._blocks[tuple(result["chunk"])]
+        parts[result["block"]] = result
+        if any(p is None for p in parts):
+            return None
+        index = tuple(result["chunk"])
+        del self._blocks[index]
+        counts = sum_blocks(parts)
+        return ChunkDone(index=index, slices=partition.chunk_slices(self.spec, self.chunks, index), counts=counts,
+                         walkers=int(np.max(counts["n_walkers"], initial=0)))
