@@ -1,8 +1,8 @@
 """Synthetic cubes shaped like the lead's writer makes them (DESIGN.md section 3), from a known law.
 
 Escape steps of each cell's walkers are drawn geometric with mean tau(T, B, depth, width) (plus an
-optional delay before which nobody escapes), then reduced with the project's own `summarize` and
-`histogram_edges`, so counts, exposure and the histogram relate exactly as in a real cube.
+optional delay before which nobody escapes), then reduced with the project's own `summarize`,
+`histogram_edges` and `cube.derived`, so every variable relates to the counts exactly as in a real cube.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import numpy as np
 import xarray as xr
 
 from pipeline import stats
+from pipeline.model.axes import AXES, CELL_AXES
+from pipeline.sweep import cube
 from pipeline.sweep.partition import histogram_edges
 from pipeline.sweep.task import summarize
 
-DIMS5 = ("T", "steps", "batch_size", "depth", "width")
 
 SPEC = """name = "synthetic"
 seed = 7
@@ -68,27 +69,18 @@ def synthetic_cube(T, steps=(100, 1000), batch_size=(1,), depth=(1.0,), width=(0
         s = summarize(esc, steps, edges)
         n_w[idx], n_d[idx], n_e[idx], expo[idx], hist[idx] = (s["n_walkers"], s["n_diverged"], s["n_escaped"],
                                                              s["exposure"], s["hist"])
-    n5 = np.repeat(n_w[..., None], len(steps), -1)
-    p, plo, phi = stats.wilson(n_e, n5)
-    rate = stats.censored_rate(n_e, expo)[0]
-    lt, ltlo, lthi = stats.log10_escape_time(n_e, expo)
-    med = stats.grouped_median(hist, edges, n_w)
-    med = np.where(n_e >= (n5 + 1) // 2, med[..., None], np.nan)
+    counts = dict(n_walkers=n_w, n_diverged=n_d, n_escaped=n_e, exposure=expo, hist=hist)
     coords = dict(T=T, steps=steps, batch_size=B, depth=D, width=W,
                   escape_step_lo=("escape_step_bin", edges[:-1].astype(np.int64)),
                   escape_step_hi=("escape_step_bin", edges[1:].astype(np.int64)))
     ds = xr.Dataset(coords=coords)
-    units = dict(n_walkers="1", n_escaped="1", n_diverged="1", exposure="walker-steps", p_escape="1",
-                 p_escape_low="1", p_escape_high="1", escape_rate="1/step", log10_escape_time="log10(steps)",
-                 log10_escape_time_low="log10(steps)", log10_escape_time_high="log10(steps)",
-                 median_escape_time="steps")
-    values = dict(n_walkers=n5, n_escaped=n_e, n_diverged=np.repeat(n_d[..., None], len(steps), -1), exposure=expo,
-                  p_escape=p, p_escape_low=plo, p_escape_high=phi, escape_rate=rate, log10_escape_time=lt,
-                  log10_escape_time_low=ltlo, log10_escape_time_high=lthi, median_escape_time=med)
-    for name, v in values.items():
-        ds[name] = (DIMS5, np.moveaxis(v, -1, 1))
-        ds[name].attrs.update(long_name=name.replace("_", " "), units=units[name], description=f"synthetic {name}")
-    ds["escape_hist"] = (("T", "batch_size", "depth", "width", "escape_step_bin"), hist)
+    for name, v in cube.derived(counts, edges, "montecarlo").items():  # the writer's own derivation
+        if name == "escape_hist":
+            continue
+        dtype, long_name, units, _ = cube.VARIABLES[name]
+        ds[name] = (AXES, v)
+        ds[name].attrs.update(long_name=long_name, units=units, description=f"synthetic {name}")
+    ds["escape_hist"] = (cube.HIST_DIMS, hist)
     ds["escape_hist"].attrs.update(long_name="escape-step histogram", units="walkers", description="synthetic")
     ds["w_start"] = (("depth", "width"), np.full((len(D), len(W)), 1.0037))
     ds["w_barrier"] = (("depth", "width"), np.full((len(D), len(W)), 1.1960))
@@ -118,7 +110,7 @@ def write_cube(ds: xr.Dataset, path) -> str:
 
 def assert_survival_matches_counts(ds: xr.Dataset) -> None:
     """S(n) read off escape_hist at each budget equals 1 - n_escaped / n_walkers there."""
-    cells = ("T", "batch_size", "depth", "width")
+    cells = CELL_AXES
     edges = np.append(ds["escape_step_lo"].values, ds["escape_step_hi"].values[-1])
     hist = ds["escape_hist"].transpose(*cells, "escape_step_bin").values
     for s in ds["steps"].values:

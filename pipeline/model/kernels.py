@@ -109,6 +109,15 @@ def exp_nonpos(x):
     return p * _i64_as_f64((np.int64(n) + 1023) << 52)
 
 
+@njit(inline="always")
+def gradient(x, k, pit_coef, inv_w):
+    """Minibatch gradient g0(W) + (k / B) gpit(W) with pit_coef = 2 depth / (width B), inv_w = 1 / width:
+    2 (W - 2) exp(-(W - 2)^2) + k pit_coef d exp(-d^2), d = (W - 1) / width (landscape.g0, gpit)."""
+    a = x - 2.0
+    d = (x - 1.0) * inv_w
+    return 2.0 * a * exp_nonpos(-(a * a)) + k * pit_coef * d * exp_nonpos(-(d * d))
+
+
 @njit(cache=True, nogil=True)
 def escape_steps(T, steps, batch_size, depth, width, start, barrier, key, first, count):
     """Escape step of walkers first .. first+count-1 of one cell (int64 array of length count).
@@ -180,10 +189,7 @@ def escape_steps(T, steps, batch_size, depth, width, start, barrier, key, first,
                     kk[j] = np.float64(c)
             for j in range(LANES):
                 x = w[j]
-                a = x - 2.0
-                d = (x - 1.0) * inv_w
-                g = 2.0 * a * exp_nonpos(-(a * a)) + kk[j] * pit_coef * d * exp_nonpos(-(d * d))
-                xn = x - T * g
+                xn = x - T * gradient(x, kk[j], pit_coef, inv_w)
                 w[j] = xn
                 s = done_steps[j] + t + 1
                 esc[j] = s if (esc[j] < 0) & (xn > barrier) & (s <= steps) else esc[j]

@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import brentq
 
 MODEL_FORMULA = (
     "l0(W) = -exp(-(W-2)^2); l1(W) = l0(W) - depth*exp(-((W-1)/width)^2); "
@@ -100,6 +99,8 @@ def find_pit(depth: float, width: float) -> Pit:
     Raises ValueError naming depth and width when l1 has no such pit (e.g. a pit too shallow
     or too wide to make a local minimum beside the slope of l0).
     """
+    from scipy.optimize import brentq  # here, so that workers running kernels never import scipy
+
     depth = check_positive("depth", depth)
     width = check_positive("width", width)
     grid, idx = _sign_changes(depth, width)

@@ -14,6 +14,16 @@ from numba import njit
 from .kernels import DIVERGED, NOT_ESCAPED
 
 
+def gradient(x, kfrac, depth, width):
+    """g0(W) + kfrac gpit(W) written plainly with np.exp (arrays or scalars; kfrac = k / B)."""
+    a = x - 2.0
+    d = (x - 1.0) / width
+    return 2.0 * a * np.exp(-a * a) + kfrac * 2.0 * depth * d / width * np.exp(-d * d)
+
+
+_gradient_jit = njit(inline="always")(gradient)
+
+
 def numpy_escape_steps(T, steps, batch_size, depth, width, start, barrier, walkers, seed):
     """Escape step per walker (int64; -1 not escaped, -2 diverged), all walkers as one array."""
     rng = np.random.default_rng(seed)
@@ -25,11 +35,7 @@ def numpy_escape_steps(T, steps, batch_size, depth, width, start, barrier, walke
             break
         x = w[alive]
         k = rng.binomial(batch_size, 0.5, size=alive.size)
-        a = x - 2.0
-        d = (x - 1.0) / width
-        g0 = 2.0 * a * np.exp(-a * a)
-        gp = 2.0 * depth * d / width * np.exp(-d * d)
-        x = x - T * (g0 + (k / batch_size) * gp)
+        x = x - T * gradient(x, k / batch_size, depth, width)
         w[alive] = x
         out = x > barrier
         esc[alive[out]] = s
@@ -49,10 +55,7 @@ def scalar_escape_steps(T, steps, batch_size, depth, width, start, barrier, walk
         e = NOT_ESCAPED
         for s in range(1, steps + 1):
             k = np.random.binomial(batch_size, 0.5)
-            a = x - 2.0
-            d = (x - 1.0) / width
-            g = 2.0 * a * np.exp(-a * a) + (k / batch_size) * 2.0 * depth * d / width * np.exp(-d * d)
-            x = x - T * g
+            x = x - T * _gradient_jit(x, k / batch_size, depth, width)
             if x > barrier:
                 e = s
                 break
