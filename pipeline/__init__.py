@@ -5,12 +5,6 @@ worker unpickling a task -- pays only for what it touches.
 """
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("escape-sweep")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0+unknown"
 
 _PUBLIC = {
     "simulate": "pipeline.model.simulate",
@@ -23,6 +17,15 @@ __all__ = [*_PUBLIC, "__version__"]
 
 
 def __getattr__(name):
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("escape-sweep")
+        except PackageNotFoundError:  # running from a source tree that was not installed
+            value = "0+unknown"
+        globals()[name] = value
+        return value
     if name in _PUBLIC:
         value = getattr(import_module(_PUBLIC[name]), name)
         globals()[name] = value

@@ -38,13 +38,13 @@ def _cluster_options(args):
 
 
 def _run(args) -> int:
-    from .sweep.runner import RunOptions, run_sweep
-
     spec = _load(args)
     if args.task_seconds <= 0:
         raise InputError(f"--task-seconds {args.task_seconds}: must be > 0")
     if args.retries < 0:
         raise InputError(f"--retries {args.retries}: must be >= 0")
+    from .sweep.runner import RunOptions, run_sweep  # numba, dask: only once the input is good
+
     opts = RunOptions(cluster=_cluster_options(args), overwrite=args.overwrite, task_seconds=args.task_seconds,
                       retries=args.retries, progress=not args.quiet)
     try:
@@ -77,12 +77,13 @@ def _is_cube(path) -> bool:
 
 def _validate(args) -> int:
     """Check each spec; print grid, chunking, tasks and a work bound. Exit 2 at the first bad one."""
-    from .sweep import partition
     from .sweep.spec import load_spec
 
+    specs = [(path, load_spec(path, output=args.output, yes=args.yes)) for path in args.spec]
+    from .sweep import partition  # numba: only once every spec is good
+
     reports = []
-    for path in args.spec:
-        spec = load_spec(path, output=args.output, yes=args.yes)
+    for path, spec in specs:
         chunks = partition.chunk_shape(spec, args.task_seconds)
         n_chunks = math.prod(partition.chunk_grid(spec, chunks))
         blocks = len(partition.walker_blocks(spec, chunks, args.task_seconds))

@@ -26,13 +26,14 @@ import json
 import math
 import tomllib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from pathlib import Path
-
-import numpy as np
 
 from ..errors import SpecError
 from ..model.axes import AXES, INT_AXES, METHODS
-from ..model.landscape import Pit, find_pit
+
+if TYPE_CHECKING:
+    from ..model.landscape import Pit
 
 TOP_KEYS = {"name", "seed", "walkers", "method", "axes", "output"}
 RANGE_KEYS = {"start", "stop", "num", "scale"}
@@ -89,6 +90,8 @@ class Spec:
 
     def pits(self) -> dict[tuple[float, float], Pit]:
         """(depth, width) -> Pit geometry for every pair of the grid."""
+        from ..model.landscape import find_pit
+
         return {(d, w): find_pit(d, w) for d in self.depth for w in self.width}
 
 
@@ -134,6 +137,8 @@ def _axis(file, name, raw) -> tuple:
         if scale not in ("linear", "log"):
             raise _fail(file, f"{key}.scale", scale, 'must be "linear" or "log"')
         start, stop = float(raw["start"]), float(raw["stop"])
+        import numpy as np  # here: a spec refused before its axes are built never loads numpy
+
         if scale == "log":
             if start <= 0 or stop <= 0:
                 raise _fail(file, key, raw, "a log range needs start > 0 and stop > 0")
@@ -211,6 +216,8 @@ def parse_spec(text: str, file: str = "<spec>", *, output: str | None = None, ye
     if not isinstance(path, str) or not path:
         raise _fail(file, "output.path", path, "must be a non-empty string")
     spec = Spec(name=name, seed=seed, walkers=walkers, method=method, output=path, source=text, file=file, **axes)
+    from ..model.landscape import find_pit
+
     for d in spec.depth:
         for w in spec.width:
             try:
