@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 import pipeline
-from pipeline.analysis import fits
+from pipeline.analysis import fits, tables
 from pipeline.errors import InputError
 from helpers import run_cli
 from synth import arrhenius, assert_survival_matches_counts, synthetic_cube, write_cube
@@ -57,13 +57,13 @@ def test_batch_fit_and_ratio_check():
     assert inside.mean() >= 5 / 6  # each 95%; 6 temperatures
     assert np.all(np.abs(f["batch_slope"].values - c) < 0.15)
     # T/B groups: 0.012/1 = 0.024/2, 0.014/1 = 0.028/2, 0.016/1 = 0.032/2 = ... -> tau differs a lot
-    summ = fits.ratio_summary(f)
+    summ = tables.ratio_summary(f)
     assert summ["groups"] >= 3 and summ["rejected_at_1pct"] == summ["groups"]
     assert summ["median_spread"] > 2  # e-folds: T/B alone is far from setting tau under this law
     # a law where T/B alone sets tau: ln tau = -2 + 0.1 B / T -> the check does not reject
     ds2 = synthetic_cube(T, steps=[1000], batch_size=[1, 2], walkers=4000, seed=10,
                          ln_tau=lambda t, b, d, w: -2 + 0.1 * b / t)
-    s2 = fits.ratio_summary(fits.fit_cube(ds2))
+    s2 = tables.ratio_summary(fits.fit_cube(ds2))
     assert s2["rejected_at_1pct"] == 0 and s2["median_spread"] < 0.2
 
 
@@ -71,7 +71,7 @@ def test_unbounded_cells_listed_with_reason():
     T = [0.004, 0.012, 0.016]
     ds = synthetic_cube(T, steps=[100, 1000], walkers=500, seed=1, not_run=[(2, 0, 0, 0)])
     f = fits.fit_cube(ds)
-    rows = fits.unbounded_cells(f)
+    rows = tables.unbounded_cells(f)
     reasons = {(r["T"], r["steps"]): r["reason"] for r in rows}
     assert reasons[(0.004, 100)].startswith("no escapes") and reasons[(0.004, 1000)].startswith("no escapes")
     assert reasons[(0.016, 1000)].startswith("not run") and reasons[(0.016, 100)].startswith("not run")
@@ -80,9 +80,9 @@ def test_unbounded_cells_listed_with_reason():
     # every cell is either fitted or listed
     n_cells = f["cell_status"].size
     assert int((f["cell_status"] == fits.BOUNDED).sum()) + len(rows) == n_cells
-    text = fits.format_table(f)
+    text = tables.format_table(f)
     assert "no escapes (tau only bounded below) at T = 0.004" in text and "not run" in text
-    j = json.loads(json.dumps(fits.to_json(f), allow_nan=False))
+    j = json.loads(json.dumps(tables.to_json(f), allow_nan=False))
     assert len(j["unbounded"]) == len(rows)
 
 
@@ -115,7 +115,7 @@ def test_exponential_only_and_t_range_leave_cells_out_with_reasons():
     only = fits.fit_cube(ds, exponential_only=True)
     assert int(only["fit_n_cells"].item()) == 2
     assert int(only["cell_status"].sel(T=0.02).item()) == fits.NON_EXPONENTIAL
-    assert [r["T"] for r in fits.unbounded_cells(only)] == [0.02]
+    assert [r["T"] for r in tables.unbounded_cells(only)] == [0.02]
     win = fits.fit_cube(ds, t_range=(0.011, 0.017))
     assert int(win["fit_n_cells"].item()) == 2 and win.attrs["t_range"] == [0.011, 0.017]
     assert int(win["cell_status"].sel(T=0.02).item()) == fits.OUTSIDE_T

@@ -67,7 +67,7 @@ def parse_range(text: str, option: str = "--T-range") -> tuple[float, float]:
 
 
 def fit(args) -> int:
-    from . import fits
+    from . import fits, tables
 
     t_range = parse_range(args.t_range) if getattr(args, "t_range", None) else None
     ds = fits.load_cube(args.store)
@@ -79,9 +79,9 @@ def fit(args) -> int:
         except OSError as e:
             print(f"escape-sweep: warning: fits not stored in {args.store}/{fits.FITS_GROUP}: {e}", file=sys.stderr)
     if args.format == "json":
-        print(json.dumps(fits.to_json(result), indent=1, allow_nan=False))
+        print(json.dumps(tables.to_json(result), indent=1, allow_nan=False))
     else:
-        print(fits.format_table(result))
+        print(tables.format_table(result))
     return 0
 
 

@@ -22,7 +22,7 @@ import xarray as xr
 
 from . import fits as _fits
 from .select import _fmt
-from . import plots, presets
+from . import plots, presets, tables
 from ..errors import SelectionError
 from ..model.axes import SEED_PIT
 
@@ -169,7 +169,7 @@ def _t_tables(f: xr.Dataset, suffix: str = "") -> list[str]:
         rows = [[r["steps"], r["batch_size"], _n(r["depth"]), _n(r["width"]), _ci(r["slope"], r["slope_low"], r["slope_high"]),
                  _ci(r["intercept"], r["intercept_low"], r["intercept_high"]), _n(r["r2"]),
                  f"{_n(r['T_min'])} &ndash; {_n(r['T_max'])}", r["n_cells"], r["n_unbounded"]]
-                for r in _fits.fit_records(f, prefix)]
+                for r in tables.fit_records(f, prefix)]
         parts.append(f"<h3>{_e(title)}{suffix}</h3>" + _table(
             ["steps", "B", "depth", "width", "slope b", "intercept a", "R<sup>2</sup>", "T range", "cells", "left out"], rows))
     return parts
@@ -190,7 +190,7 @@ def _window_section(ds: xr.Dataset, budget) -> str:
 
 def _fit_section(f: xr.Dataset) -> str:
     parts = _t_tables(f)
-    rows = _fits.fit_records(f, "batch")
+    rows = tables.fit_records(f, "batch")
     if rows:
         body = [[r["steps"], _n(r["T"]), _n(r["depth"]), _n(r["width"]), _ci(r["slope"], r["slope_low"], r["slope_high"]),
                  _ci(r["intercept"], r["intercept_low"], r["intercept_high"]), _n(r["r2"]), r["n_cells"]]
@@ -198,9 +198,9 @@ def _fit_section(f: xr.Dataset) -> str:
         parts.append("<h3>ln tau = a + b B at fixed T</h3>"
                      + (_table(["steps", "T", "depth", "width", "slope b", "intercept a", "R<sup>2</sup>", "cells"], body)
                         if body else "<p>No T with two or more bounded batch sizes.</p>"))
-    summ = _fits.ratio_summary(f)
+    summ = tables.ratio_summary(f)
     if summ:
-        rows = [r for r in _fits.ratio_records(f) if (r["n_cells"] or 0) >= 2]
+        rows = [r for r in tables.ratio_records(f) if (r["n_cells"] or 0) >= 2]
         body = [[r["steps"], _n(r["depth"]), _n(r["width"]), _n(r["T_over_B"]), r["n_cells"], _n(r["ln_tau_mean"]),
                  _n(r["spread"], 3), _n(r["chi2"] / max(r["n_cells"] - 1, 1), 3), _n(r["p"], 2)] for r in rows]
         parts.append(
@@ -216,7 +216,7 @@ def _fit_section(f: xr.Dataset) -> str:
 
 
 def _memoryless_section(f: xr.Dataset, ds: xr.Dataset) -> str:
-    ms = _fits.memoryless_summary(f)
+    ms = tables.memoryless_summary(f)
     if not ms:
         return "<p>The cube has no escape_hist: memorylessness not checked.</p>"
     parts = ["<p>Per cell and budget: log S(n) tested for linearity (one constant per-step hazard) after a transient. "
@@ -246,10 +246,10 @@ def _memoryless_section(f: xr.Dataset, ds: xr.Dataset) -> str:
 
 
 def _unbounded_section(f: xr.Dataset) -> str:
-    rows = _fits.unbounded_cells(f)
+    rows = tables.unbounded_cells(f)
     if not rows:
         return "<p>Every cell has a two-sided escape time.</p>"
-    lines = _fits.compact_unbounded(rows)
+    lines = tables.compact_unbounded(rows)
     return (f"<p>{len(rows)} cells have no two-sided estimate of tau and are left out of every fit:</p>"
             "<ul class=cells>" + "".join(f"<li>{_e(s)}</li>" for s in lines) + "</ul>")
 
