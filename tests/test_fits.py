@@ -7,6 +7,7 @@ import pytest
 import xarray as xr
 
 import pipeline
+from pipeline import stats
 from pipeline.analysis import fits, tables
 from pipeline.errors import InputError
 from helpers import run_cli
@@ -166,3 +167,23 @@ def test_fit_command(tmp_path, capsys):
     xr.Dataset({"a": ("x", np.arange(3))}).to_zarr(other, zarr_format=3, consolidated=False)
     with pytest.raises(InputError, match="not an escape-sweep cube: dims T, steps"):
         run_cli(["fit", str(other)])
+
+
+def test_goodness_of_fit_rejects_a_wrong_law_and_widens_its_intervals():
+    """chi^2/dof ~ 1 and no rejection when the law is right; a curved ln tau(1/T) is rejected
+    (p < 0.01), its slope interval is widened by sqrt(chi^2/dof), and the tables say so."""
+    T = [0.01, 0.011, 0.012, 0.014, 0.016, 0.018, 0.02]
+    good = fits.fit_cube(synthetic_cube(T, steps=[100000], walkers=4000, seed=11))
+    assert float(good["arrhenius_gof_p"].squeeze()) > 0.01
+    assert 0.2 < float(good["arrhenius_chi2_dof"].squeeze()) < 3.0
+    bent = synthetic_cube(T, steps=[100000], walkers=4000, seed=11, ln_tau=lambda T, B, d, w: -2 + 0.1 / T + 3e-4 / T**2)
+    f = fits.fit_cube(bent)
+    chi2_dof = float(f["arrhenius_chi2_dof"].squeeze())
+    assert float(f["arrhenius_gof_p"].squeeze()) < 0.01 and chi2_dof > 5
+    assert float(f["arrhenius_r2"].squeeze()) > 0.95  # R^2 alone would have called it a good fit
+    raw = stats.wls(1 / np.asarray(T), f["ln_tau"].squeeze().values,
+                    1 / f["ln_tau_sigma"].squeeze().values ** 2, absolute_sigma=True)
+    width = float(f["arrhenius_slope_high"].squeeze() - f["arrhenius_slope_low"].squeeze())
+    assert width > 2.0 * float(raw["slope_high"] - raw["slope_low"])
+    text = tables.format_table(f)
+    assert "chi^2/dof" in text and "rejected" in text

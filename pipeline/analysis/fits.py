@@ -106,21 +106,37 @@ def _fitted(cells: xr.Dataset, name: str = "ln_tau") -> xr.DataArray:
 # Fits
 # ---------------------------------------------------------------------------------------------
 
-_FIT_KEYS = ("slope", "slope_low", "slope_high", "intercept", "intercept_low", "intercept_high", "r2")
+_FIT_KEYS = ("slope", "slope_low", "slope_high", "intercept", "intercept_low", "intercept_high", "r2", "chi2_dof",
+             "gof_p")
+REJECT_P = 0.01  # a fit whose chi-square p-value is below this does not describe its cells
 
 
 def _fit_vars(out, prefix, f, dims, coords, what_x, slope_units, conf):
+    """Store one family of WLS fits: slope and intercept with intervals, R^2 and goodness of fit."""
+    dof = np.asarray(f["dof"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        chi2_dof = np.where(dof > 0, f["chi2"] / np.maximum(dof, 1), np.nan)
+    values = dict(f, chi2_dof=chi2_dof, gof_p=np.where(dof > 0, _st.chi2.sf(f["chi2"], np.maximum(dof, 1)), np.nan))
     names = {
         "slope": (f"{prefix} slope", slope_units, f"d ln(tau) / d {what_x} (WLS)"),
-        "slope_low": (f"{prefix} slope, {conf:.0%} lower bound", slope_units, "Student t, n - 2 dof, residual-scaled"),
-        "slope_high": (f"{prefix} slope, {conf:.0%} upper bound", slope_units, "Student t, n - 2 dof, residual-scaled"),
+        "slope_low": (f"{prefix} slope, {conf:.0%} lower bound", slope_units, INTERVALS),
+        "slope_high": (f"{prefix} slope, {conf:.0%} upper bound", slope_units, INTERVALS),
         "intercept": (f"{prefix} intercept", "ln(steps)", f"ln(tau) at {what_x} = 0 (WLS)"),
-        "intercept_low": (f"{prefix} intercept, {conf:.0%} lower bound", "ln(steps)", "Student t, n - 2 dof"),
-        "intercept_high": (f"{prefix} intercept, {conf:.0%} upper bound", "ln(steps)", "Student t, n - 2 dof"),
-        "r2": (f"{prefix} R^2", "1", "weighted coefficient of determination"),
+        "intercept_low": (f"{prefix} intercept, {conf:.0%} lower bound", "ln(steps)", INTERVALS),
+        "intercept_high": (f"{prefix} intercept, {conf:.0%} upper bound", "ln(steps)", INTERVALS),
+        "r2": (f"{prefix} R^2", "1", "weighted coefficient of determination (not a test: see chi2_dof, gof_p)"),
+        "chi2_dof": (f"{prefix} chi^2 / dof", "1",
+                     "sum ((ln tau - fit) / sigma)^2 / (n - 2) with each cell's own sigma: about 1 when the line "
+                     "describes the cells, >> 1 when it does not"),
+        "gof_p": (f"{prefix} goodness-of-fit p-value", "1",
+                  f"chi-square test of the line against the cells' sigmas; below {REJECT_P} the model is rejected "
+                  "and the line is a summary, not a law (its intervals are widened by sqrt(chi^2/dof))"),
     }
     for k in _FIT_KEYS:
-        out[f"{prefix}_{k}"] = _attrs(xr.DataArray(f[k], coords, dims), *names[k])
+        out[f"{prefix}_{k}"] = _attrs(xr.DataArray(values[k], coords, dims), *names[k])
+
+
+INTERVALS = "Student t, n - 2 dof, covariance scaled by max(1, chi^2/dof)"
 
 
 def fit_temperature(ds: xr.Dataset, cells: xr.Dataset | None = None, conf: float = 0.95) -> xr.Dataset:
@@ -134,8 +150,8 @@ def fit_temperature(ds: xr.Dataset, cells: xr.Dataset | None = None, conf: float
     used = np.isfinite(y) & np.isfinite(w)
     coords = {k: ds[k] for k in SLICE_DIMS}
     out = xr.Dataset(coords=coords)
-    fa = stats.wls(1.0 / T, y, w, conf)
-    fl = stats.wls(T, y, w, conf)
+    fa = stats.wls(1.0 / T, y, w, conf, scale_floor=True)
+    fl = stats.wls(T, y, w, conf, scale_floor=True)
     _fit_vars(out, "arrhenius", fa, SLICE_DIMS, coords, "(1/T)", "1", conf)
     _fit_vars(out, "linear", fl, SLICE_DIMS, coords, "T", "1", conf)
     Tu = np.where(used, T, np.nan)
@@ -163,7 +179,7 @@ def fit_batch(ds: xr.Dataset, cells: xr.Dataset | None = None, conf: float = 0.9
     B = ds["batch_size"].values.astype(float)
     coords = {k: ds[k] for k in dims}
     out = xr.Dataset(coords=coords)
-    f = stats.wls(B, y, 1.0 / sig ** 2, conf)
+    f = stats.wls(B, y, 1.0 / sig ** 2, conf, scale_floor=True)
     _fit_vars(out, "batch", f, dims, coords, "B", "1/data point", conf)
     out["batch_n_cells"] = _attrs(xr.DataArray(np.asarray(f["n"], np.int64), coords, dims), "cells fitted", "1",
                                   "bounded cells over batch sizes at this T")
@@ -294,7 +310,7 @@ def fit_cube(ds: xr.Dataset, budget=None, conf: float = 0.95, memoryless: bool =
         conf=conf, t_range=list(t_range) if t_range is not None else "all",
         cell_selection="memoryless cells with a two-sided tau" if exponential_only else "cells with a two-sided tau",
         weights="1 / sigma^2, sigma = (ln tau_high - ln tau_low) / (2 z) from exact chi-square bounds",
-        intervals="Student t with n - 2 dof, covariance scaled by the weighted residual variance",
+        intervals=INTERVALS, goodness_of_fit=f"chi2_dof and gof_p per fit; p < {REJECT_P}: rejected",
         cube_name=str(ds.attrs.get("name", "")), cube_spec_hash=str(ds.attrs.get("spec_hash", "")),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )

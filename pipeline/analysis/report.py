@@ -164,15 +164,8 @@ def _axes(ds: xr.Dataset) -> str:
 
 
 def _t_tables(f: xr.Dataset, suffix: str = "") -> list[str]:
-    parts = []
-    for prefix, title in (("arrhenius", "ln tau = a + b / T"), ("linear", "ln tau = a + b T")):
-        rows = [[r["steps"], r["batch_size"], _n(r["depth"]), _n(r["width"]), _ci(r["slope"], r["slope_low"], r["slope_high"]),
-                 _ci(r["intercept"], r["intercept_low"], r["intercept_high"]), _n(r["r2"]),
-                 f"{_n(r['T_min'])} &ndash; {_n(r['T_max'])}", r["n_cells"], r["n_unbounded"]]
-                for r in tables.fit_records(f, prefix)]
-        parts.append(f"<h3>{_e(title)}{suffix}</h3>" + _table(
-            ["steps", "B", "depth", "width", "slope b", "intercept a", "R<sup>2</sup>", "T range", "cells", "left out"], rows))
-    return parts
+    return [f"<h3>{_e(title)}{suffix}</h3>" + _table(*tables.fit_table(f, prefix))
+            for prefix, title in (("arrhenius", "ln tau = a + b / T"), ("linear", "ln tau = a + b T"))]
 
 
 def _window_section(ds: xr.Dataset, budget) -> str:
@@ -190,14 +183,10 @@ def _window_section(ds: xr.Dataset, budget) -> str:
 
 def _fit_section(f: xr.Dataset) -> str:
     parts = _t_tables(f)
-    rows = tables.fit_records(f, "batch")
-    if rows:
-        body = [[r["steps"], _n(r["T"]), _n(r["depth"]), _n(r["width"]), _ci(r["slope"], r["slope_low"], r["slope_high"]),
-                 _ci(r["intercept"], r["intercept_low"], r["intercept_high"]), _n(r["r2"]), r["n_cells"]]
-                for r in rows if (r["n_cells"] or 0) >= 2]
+    if f.sizes.get("batch_size", 1) > 1 or "batch_slope" in f:
+        header, body = tables.fit_table(f, "batch")
         parts.append("<h3>ln tau = a + b B at fixed T</h3>"
-                     + (_table(["steps", "T", "depth", "width", "slope b", "intercept a", "R<sup>2</sup>", "cells"], body)
-                        if body else "<p>No T with two or more bounded batch sizes.</p>"))
+                     + (_table(header, body) if body else "<p>No T with two or more bounded batch sizes.</p>"))
     summ = tables.ratio_summary(f)
     if summ:
         rows = [r for r in tables.ratio_records(f) if (r["n_cells"] or 0) >= 2]

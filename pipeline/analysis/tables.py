@@ -9,7 +9,7 @@ import numpy as np
 import xarray as xr
 
 from .. import stats
-from .fits import BOUNDED, DIMS5, NOT_RUN, STATUS, _FIT_KEYS
+from .fits import BOUNDED, DIMS5, NOT_RUN, REJECT_P, STATUS, _FIT_KEYS
 
 
 
@@ -140,6 +140,32 @@ def compact_unbounded(rows: list[dict]) -> list[str]:
     return out
 
 
+def _gof(r) -> str:
+    p = r.get("gof_p")
+    if p is None:
+        return "-"
+    return f"{_num(p, 2)} rejected" if p < REJECT_P else _num(p, 2)
+
+
+def fit_table(fits: xr.Dataset, prefix: str) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of one family of fits as strings: the one source of the text and HTML tables.
+    Every fit shows R^2 and its goodness of fit (chi^2/dof and p) and how many cells it used."""
+    rows = fit_records(fits, prefix)
+    fit = lambda r: [_ci(r["slope"], r["slope_low"], r["slope_high"]),  # noqa: E731
+                     _ci(r["intercept"], r["intercept_low"], r["intercept_high"]),
+                     _num(r["r2"], 4), _num(r["chi2_dof"], 3), _gof(r)]
+    if prefix == "batch":
+        header = ["steps", "T", "depth", "width", "slope b", "intercept a", "R^2", "chi^2/dof", "p", "cells"]
+        body = [[str(r["steps"]), _num(r["T"]), _num(r["depth"]), _num(r["width"]), *fit(r), str(r["n_cells"])]
+                for r in rows if (r["n_cells"] or 0) >= 2]
+        return header, body
+    header = ["steps", "B", "depth", "width", "slope b", "intercept a", "R^2", "chi^2/dof", "p", "T range", "cells",
+              "left out"]
+    body = [[str(r["steps"]), str(r["batch_size"]), _num(r["depth"]), _num(r["width"]), *fit(r),
+             f"{_num(r['T_min'])}..{_num(r['T_max'])}", str(r["n_cells"]), str(r["n_unbounded"])] for r in rows]
+    return header, body
+
+
 def format_table(fits: xr.Dataset) -> str:
     """The fits as plain-text tables (what `escape-sweep fit` prints)."""
     conf = float(fits.attrs.get("conf", 0.95))
@@ -149,20 +175,12 @@ def format_table(fits: xr.Dataset) -> str:
         sel += f", {_num(float(tr[0]))} <= T <= {_num(float(tr[1]))}"
     parts = [f"escape-sweep fits of {fits.attrs.get('cube_name', '') or 'cube'}  "
              f"({conf:.0%} intervals; {sel} only, weighted 1/sigma^2 in ln tau)"]
-    for prefix, title, xname in (("arrhenius", "ln tau = a + b / T", "b"), ("linear", "ln tau = a + b T", "b")):
-        rows = fit_records(fits, prefix)
-        body = [[r["steps"], r["batch_size"], _num(r["depth"]), _num(r["width"]),
-                 _ci(r["slope"], r["slope_low"], r["slope_high"]), _ci(r["intercept"], r["intercept_low"], r["intercept_high"]),
-                 _num(r["r2"], 4), f"{_num(r['T_min'])}..{_num(r['T_max'])}", r["n_cells"], r["n_unbounded"]]
-                for r in rows]
-        parts += ["", f"{title}  (per step budget, batch size, depth, width)",
-                  _table(["steps", "B", "depth", "width", f"slope {xname}", "intercept a", "R^2", "T range", "cells", "left out"], body)]
-    rows = fit_records(fits, "batch")
-    if rows:
-        body = [[r["steps"], _num(r["T"]), _num(r["depth"]), _num(r["width"]),
-                 _ci(r["slope"], r["slope_low"], r["slope_high"]), _ci(r["intercept"], r["intercept_low"], r["intercept_high"]),
-                 _num(r["r2"], 4), r["n_cells"]] for r in rows]
-        parts += ["", "ln tau = a + b B  at fixed T", _table(["steps", "T", "depth", "width", "slope b", "intercept a", "R^2", "cells"], body)]
+    for prefix, title in (("arrhenius", "ln tau = a + b / T"), ("linear", "ln tau = a + b T")):
+        parts += ["", f"{title}  (per step budget, batch size, depth, width; p: goodness of fit, "
+                      f"'rejected' below {REJECT_P})", _table(*fit_table(fits, prefix))]
+    header, body = fit_table(fits, "batch")
+    if body:
+        parts += ["", "ln tau = a + b B  at fixed T", _table(header, body)]
     else:
         parts += ["", "ln tau against B: the cube has one batch size"]
     summ = ratio_summary(fits)

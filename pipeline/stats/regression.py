@@ -8,13 +8,14 @@ from scipy import stats as _st
 from .intervals import _z
 
 
-def wls(x, y, w=None, conf: float = 0.95, absolute_sigma: bool = False) -> dict:
+def wls(x, y, w=None, conf: float = 0.95, absolute_sigma: bool = False, scale_floor: bool = False) -> dict:
     """Weighted least-squares line y = intercept + slope x, vectorised over leading axes (points on
     the last axis). Points with a non-finite x, y or w, or w <= 0, are left out.
 
     w are inverse variances (1/sigma^2). By default (absolute_sigma=False) the weights are
     relative: the covariance is scaled by s^2 = sum w r^2 / (n - 2) and intervals use Student's t
     with n - 2 degrees of freedom; with absolute_sigma=True the sigmas are taken as known (normal z).
+    scale_floor=True scales by max(1, s^2): known sigmas are a floor, a bad fit widens the intervals.
 
     Returns a dict of arrays: slope, intercept, slope_se, intercept_se, slope_low/high,
     intercept_low/high, cov (slope, intercept covariance), r2 (weighted), chi2 (sum w r^2),
@@ -49,6 +50,8 @@ def wls(x, y, w=None, conf: float = 0.95, absolute_sigma: bool = False) -> dict:
             q = np.full(chi2.shape, _z(conf))
         else:
             s2 = np.where(dof > 0, chi2 / np.maximum(dof, 1), np.nan)
+            if scale_floor:
+                s2 = np.maximum(s2, 1.0)
             q = np.where(dof > 0, _st.t.ppf(0.5 + conf / 2, np.maximum(dof, 1)), np.nan)
         var_b = s2 / sxx
         var_a = s2 * (1.0 / W + xm * xm / sxx)
