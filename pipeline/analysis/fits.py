@@ -37,6 +37,7 @@ from .load import check_cube, load_cube  # noqa: F401  (fits.load_cube is public
 DIMS5 = AXES
 SLICE_DIMS = ("steps", "batch_size", "depth", "width")
 FITS_GROUP = "fits"
+EXACT_SIGMA_FLOOR = 1e-6  # ln-tau sigma of an exact-solver cell: its discretisation error, at least this
 
 # cell status codes (variable `cell_status`); every code but BOUNDED keeps the cell out of the fits
 BOUNDED, NO_ESCAPES, NOT_RUN, NO_EXPOSURE, NON_EXPONENTIAL, OUTSIDE_T = 0, 1, 2, 3, 4, 5
@@ -77,8 +78,27 @@ def cell_estimates(ds: xr.Dataset, conf: float = 0.95) -> xr.Dataset:
     ln_tau, ln_lo, ln_hi, sigma = stats.ln_escape_time(d, e, conf)
     tau_low = stats.escape_time(d, e, conf)[1]
     status = np.where(n <= 0, NOT_RUN, np.where(~(e > 0), NO_EXPOSURE, np.where(d > 0, BOUNDED, NO_ESCAPES)))
+    exact = np.zeros(status.shape, bool)
+    if "mfpt" in ds:  # the exact solver's tau wherever it exists: no sampling error, only discretisation
+        tau = ds["mfpt"].broadcast_like(ds["n_walkers"]).transpose(*DIMS5).values.astype(float)
+        rel = (ds["mfpt_rel_error"].broadcast_like(ds["n_walkers"]).transpose(*DIMS5).values.astype(float)
+               if "mfpt_rel_error" in ds else np.zeros_like(tau))
+        exact = np.isfinite(tau) & (tau > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sig_x = np.maximum(np.where(np.isfinite(rel), rel, 0.0), EXACT_SIGMA_FLOOR)
+            ln_x = np.log(tau)
+        z = float(_st.norm.ppf(0.5 + conf / 2))
+        ln_tau = np.where(exact, ln_x, ln_tau)
+        ln_lo = np.where(exact, ln_x - z * sig_x, ln_lo)
+        ln_hi = np.where(exact, ln_x + z * sig_x, ln_hi)
+        sigma = np.where(exact, sig_x, sigma)
+        status = np.where(exact, BOUNDED, status)
     coords = {k: ds[k] for k in DIMS5}
     out = xr.Dataset(coords=coords)
+    out["tau_source"] = _attrs(xr.DataArray(exact.astype(np.int8), coords, DIMS5), "source of tau", "1",
+                               "0 = Monte Carlo (exposure / n_escaped), 1 = exact solver (mfpt, with sigma = "
+                               f"max(mfpt_rel_error, {EXACT_SIGMA_FLOOR:g}))")
+    out["tau_source"].attrs.update(flag_values=[0, 1], flag_meanings="monte_carlo exact_solver")
     out["ln_tau"] = _attrs(xr.DataArray(ln_tau, coords, DIMS5), "ln mean escape time", "ln(steps)",
                            "ln(exposure / n_escaped): censored exponential MLE of tau; NaN unless bounded")
     out["ln_tau_low"] = _attrs(xr.DataArray(ln_lo, coords, DIMS5), f"ln tau, {conf:.0%} lower bound", "ln(steps)",
@@ -311,6 +331,8 @@ def fit_cube(ds: xr.Dataset, budget=None, conf: float = 0.95, memoryless: bool =
         cell_selection="memoryless cells with a two-sided tau" if exponential_only else "cells with a two-sided tau",
         weights="1 / sigma^2, sigma = (ln tau_high - ln tau_low) / (2 z) from exact chi-square bounds",
         intervals=INTERVALS, goodness_of_fit=f"chi2_dof and gof_p per fit; p < {REJECT_P}: rejected",
+        tau_source=("exact solver (mfpt) where the cube has it, Monte Carlo elsewhere" if "mfpt" in ds
+                    else "Monte Carlo: exposure / n_escaped"),
         cube_name=str(ds.attrs.get("name", "")), cube_spec_hash=str(ds.attrs.get("spec_hash", "")),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )

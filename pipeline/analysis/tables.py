@@ -174,7 +174,8 @@ def format_table(fits: xr.Dataset) -> str:
     if not isinstance(tr, str):
         sel += f", {_num(float(tr[0]))} <= T <= {_num(float(tr[1]))}"
     parts = [f"escape-sweep fits of {fits.attrs.get('cube_name', '') or 'cube'}  "
-             f"({conf:.0%} intervals; {sel} only, weighted 1/sigma^2 in ln tau)"]
+             f"({conf:.0%} intervals; {sel} only, weighted 1/sigma^2 in ln tau)",
+             f"tau from: {fits.attrs.get('tau_source', 'Monte Carlo: exposure / n_escaped')}"]
     for prefix, title in (("arrhenius", "ln tau = a + b / T"), ("linear", "ln tau = a + b T")):
         parts += ["", f"{title}  (per step budget, batch size, depth, width; p: goodness of fit, "
                       f"'rejected' below {REJECT_P})", _table(*fit_table(fits, prefix))]
