@@ -18,7 +18,8 @@ import numpy as np
 
 from . import partition, store
 from ..deploy import ClusterOptions, open_client
-from ..errors import StoreMismatch
+from ..errors import InputError, StoreMismatch
+from ..model import backends
 from .spec import Spec, load_spec
 from .task import run_task
 
@@ -32,6 +33,7 @@ class RunOptions:
     task_seconds: float = partition.DEFAULT_TASK_SECONDS
     retries: int = 2
     progress: bool = True
+    backend: str = "cpu"  # kernel backend: "cpu", "cuda" (GPU workers) or "auto" (cuda where a worker has one)
 
 
 @dataclass
@@ -145,6 +147,7 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output: str | Non
     from .lock import StoreLock
 
     opts = opts or RunOptions()
+    check_backend(opts)
     spec = spec_or_path if isinstance(spec_or_path, Spec) else load_spec(spec_or_path, output=output, yes=yes)
     path = str(output or spec.output)
     t0 = time.perf_counter()
@@ -154,7 +157,7 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output: str | Non
         if chunks is not None:
             done = store.done_mask(store.open_group(path, mode="r"))
         else:
-            chunks = partition.chunk_shape(spec, opts.task_seconds)
+            chunks = partition.chunk_shape(spec, opts.task_seconds, rate=partition.kernel_rate(opts.backend))
             done = np.zeros(partition.chunk_grid(spec, chunks), bool)
         pending = [tuple(int(i) for i in idx) for idx in zip(*np.nonzero(~done))]
         summary = Summary(path=path, cells=spec.n_cells, walkers=spec.n_cells * spec.walkers,
@@ -162,9 +165,10 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output: str | Non
                           tasks_submitted=0, walker_steps=0, wall_seconds=0.0, complete=False, method=spec.method)
         if pending:
             with open_client(opts.cluster) as client:
+                submit_kw = backend_submit_options(client, opts)
                 if needs_new_store(spec, path, opts):
                     store.create(path, spec, chunks, partition.spec_edges(spec), partition.chunk_grid(spec, chunks))
-                _compute(client, spec, path, store.open_group(path), chunks, pending, opts, summary)
+                _compute(client, spec, path, store.open_group(path), chunks, pending, opts, summary, submit_kw)
         summary.complete = bool(store.done_mask(store.open_group(path, mode="r")).all())
         if summary.complete:
             attrs = store.read_attrs(path)
@@ -172,6 +176,33 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output: str | Non
                 store.set_attrs(path, completed=store.now())
     summary.wall_seconds = time.perf_counter() - t0
     return summary
+
+
+LOCAL_CLUSTERS = ("local", "local-cuda")  # embedded clusters: their workers run on this host
+
+
+def check_backend(opts: RunOptions) -> None:
+    """InputError before anything starts: an unknown backend, or cuda on this host's workers
+    without a usable GPU here."""
+    backends.unavailable_reason(opts.backend)  # unknown name -> InputError
+    if opts.backend == "cuda" and not opts.cluster.scheduler and opts.cluster.cluster in LOCAL_CLUSTERS:
+        backends.require("cuda")
+
+
+def backend_submit_options(client, opts: RunOptions) -> dict:
+    """Extra `client.submit` keywords for the backend: cuda tasks ask for a worker's `GPU` resource
+    where workers advertise one (local-cuda, GPU batch jobs, `dask worker --resources GPU=1`)."""
+    if opts.backend != "cuda":
+        return {}
+    if not opts.cluster.scheduler and opts.cluster.cluster not in LOCAL_CLUSTERS:
+        return {"resources": {"GPU": 1}}  # batch jobs start later; their GPU yaml gives --resources GPU=1
+    workers = client.scheduler_info().get("workers", {}).values()
+    if any((w.get("resources") or {}).get("GPU") for w in workers):
+        return {"resources": {"GPU": 1}}
+    if not opts.cluster.scheduler:
+        return {}  # the embedded cluster's workers share this host's GPU (checked by check_backend)
+    raise InputError(f"--backend cuda: no worker of {opts.cluster.scheduler} advertises a GPU resource "
+                     "(start GPU workers with `dask worker ... --resources GPU=1`, or use --backend auto)")
 
 
 def needs_new_store(spec: Spec, path: str, opts: RunOptions) -> bool:
@@ -182,7 +213,7 @@ def needs_new_store(spec: Spec, path: str, opts: RunOptions) -> bool:
     return store.read_attrs(p).get("spec_hash") != spec.content_hash or opts.overwrite
 
 
-def _compute(client, spec, path, group, chunks, pending, opts, summary):
+def _compute(client, spec, path, group, chunks, pending, opts, summary, submit_kw=None):
     from distributed import as_completed
 
     pits = spec.pits()
@@ -190,7 +221,7 @@ def _compute(client, spec, path, group, chunks, pending, opts, summary):
 
     def tasks():
         for idx in pending:
-            yield from partition.tasks_for_chunk(spec, chunks, idx, pits, opts.task_seconds)
+            yield from partition.tasks_for_chunk(spec, chunks, idx, pits, opts.task_seconds, backend=opts.backend)
 
     todo = tasks()
     progress = _Progress(len(pending), opts.progress)
@@ -212,7 +243,7 @@ def _compute(client, spec, path, group, chunks, pending, opts, summary):
         if t is None:
             return False
         key = f"escape-sweep-chunk-{tag}-{'.'.join(map(str, t.chunk))}-b{t.block}"
-        ac.add(client.submit(run_task, t, key=key, retries=opts.retries, pure=False))
+        ac.add(client.submit(run_task, t, key=key, retries=opts.retries, pure=False, **(submit_kw or {})))
         summary.tasks_submitted += 1
         blocks.setdefault(t.chunk, [None] * t.n_blocks)
         return True
@@ -232,6 +263,7 @@ def _compute(client, spec, path, group, chunks, pending, opts, summary):
                 del blocks[res["chunk"]]
                 sl = partition.chunk_slices(spec, chunks, res["chunk"])
                 store.write_chunk(group, sl, _sum_blocks(parts), edges, spec.method)
+                store.record_backend(group, res["chunk"], [p.get("backend", "cpu") for p in parts])
                 store.mark_done(group, res["chunk"])
                 summary.chunks_computed += 1
             submit_next()

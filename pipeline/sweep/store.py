@@ -68,6 +68,7 @@ def create(path, spec: Spec, chunks, edges, grid) -> None:
                       chunk_shape=list(chunks), cell_dims=list(cube.CELL_DIMS))
     prog.create_array("done", shape=grid, chunks=(1,) * 4, dtype="uint8", fill_value=0)
     prog.create_array("finished_at", shape=grid, chunks=(1,) * 4, dtype="float64", fill_value=np.nan)
+    _backend_array(prog, grid)
     consolidate(tmp)
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -112,6 +113,41 @@ def mark_done(group, index) -> None:
 
     group["progress/finished_at"][tuple(index)] = time.time()
     group["progress/done"][tuple(index)] = 1
+
+
+BACKEND_CODES = ("", "cpu", "cuda", "cpu+cuda")  # progress/backend values; 0 = not recorded
+
+
+def _backend_array(prog, grid):
+    arr = prog.create_array("backend", shape=tuple(grid), chunks=(1,) * 4, dtype="uint8", fill_value=0)
+    arr.attrs.update(description="kernel backend that computed each chunk (index into codes); 0 = not recorded",
+                     codes=list(BACKEND_CODES))
+    return arr
+
+
+def record_backend(group, index, names) -> None:
+    """Provenance: the kernel backend(s) that computed chunk `index` ("cpu", "cuda", "cpu+cuda").
+
+    Written before the completion record. A store made before this record existed gains it."""
+    name = "+".join(sorted(set(names)))
+    prog = group["progress"]
+    arr = prog["backend"] if "backend" in prog else _backend_array(prog, prog["done"].shape)
+    codes = list(arr.attrs.get("codes", BACKEND_CODES))
+    if name not in codes:
+        codes.append(name)
+        arr.attrs["codes"] = codes
+    arr[tuple(index)] = codes.index(name)
+
+
+def backend_counts(group) -> dict[str, int]:
+    """Chunks computed by each backend name ({} for a store without the record)."""
+    prog = group["progress"]
+    if "backend" not in prog:
+        return {}
+    arr = prog["backend"]
+    codes = list(arr.attrs.get("codes", BACKEND_CODES))
+    values, counts = np.unique(np.asarray(arr[...]), return_counts=True)
+    return {(codes[v] if v < len(codes) else str(v)) or "unrecorded": int(c) for v, c in zip(values, counts)}
 
 
 def done_mask(group) -> np.ndarray:
