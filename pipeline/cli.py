@@ -31,7 +31,7 @@ def _cluster_options(args):
     if args.scheduler and args.cluster != "local":
         raise InputError(f"--scheduler {args.scheduler} and --cluster {args.cluster}: give one or the other")
     security = make_security(args.tls_ca_file, args.tls_cert, args.tls_key)
-    if args.jobqueue_config and args.cluster == "local":
+    if args.jobqueue_config and args.cluster in ("local", "local-cuda"):
         raise InputError(f"--jobqueue-config {args.jobqueue_config}: only with --cluster slurm or pbs")
     return ClusterOptions(scheduler=args.scheduler, cluster=args.cluster, n_workers=args.workers,
                           jobs=args.jobs, security=security, jobqueue_config=args.jobqueue_config)
