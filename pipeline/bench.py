@@ -20,7 +20,12 @@ IMPLEMENTATIONS = ("kernel", "scalar_numba", "numpy")
 
 
 def _time_one(impl: str, T, steps, B, pit, walkers, seed):
-    if impl == "kernel":
+    if impl == "cuda":
+        from .model.cuda import escape_steps as cuda_escape_steps
+
+        key = cell_key(seed, T, B, pit.depth, pit.width)
+        fn = lambda: cuda_escape_steps(T, steps, B, pit.depth, pit.width, pit.w_start, pit.w_barrier, key, 0, walkers)  # noqa: E731
+    elif impl == "kernel":
         key = cell_key(seed, T, B, pit.depth, pit.width)
         fn = lambda: escape_steps(T, steps, B, pit.depth, pit.width, pit.w_start, pit.w_barrier, key, 0, walkers)  # noqa: E731
     elif impl == "scalar_numba":
@@ -75,6 +80,31 @@ def format_table(result: dict) -> str:
     for r in result["rows"]:
         lines.append(f"{r['batch_size']:>5} {r['kernel']:>12.3e} {r['scalar_numba']:>13.3e} {r['numpy']:>12.3e} "
                      f"{r['kernel_over_scalar_numba']:>13.1f}x {r['kernel_over_numpy']:>12.1f}x")
+    return "\n".join(lines)
+
+
+def cuda_bench(batch_sizes=(1, 64), T=0.01, steps=1000, min_seconds=0.3, repeats=3) -> dict:
+    """The cuda backend's walker-steps/s next to the CPU kernel on one core of this host."""
+    from .model.backends import require
+
+    require("cuda")
+    rows = []
+    for B in batch_sizes:
+        g = measure("cuda", T=T, steps=steps, batch_size=B, min_seconds=min_seconds, repeats=repeats)
+        c = measure("kernel", T=T, steps=steps, batch_size=B, min_seconds=min_seconds, repeats=repeats)
+        rows.append(dict(batch_size=B, T=T, steps=steps, cuda=g["walker_steps_per_s"], cuda_walkers=g["walkers"],
+                         cpu_core=c["walker_steps_per_s"], cuda_over_cpu_core=g["walker_steps_per_s"] / c["walker_steps_per_s"]))
+    return dict(machine=dict(python=platform.python_version(), processor=platform.processor() or platform.machine()),
+                units="walker-steps per second (cuda: one GPU; cpu: one core)", rows=rows)
+
+
+def format_cuda_table(result: dict) -> str:
+    lines = [f"cuda backend throughput ({result['units']}), seed pit, T={result['rows'][0]['T']}, "
+             f"{result['rows'][0]['steps']}-step budget",
+             f"{'batch':>5} {'cuda':>12} {'cpu core':>12} {'cuda/core':>10} {'walkers':>10}"]
+    for r in result["rows"]:
+        lines.append(f"{r['batch_size']:>5} {r['cuda']:>12.3e} {r['cpu_core']:>12.3e} {r['cuda_over_cpu_core']:>9.1f}x "
+                     f"{r['cuda_walkers']:>10}")
     return "\n".join(lines)
 
 
@@ -209,6 +239,10 @@ def main(args) -> int:
     if getattr(args, "sweep", False):
         result = sweep_bench(seconds=args.sweep_seconds, grid_cells=args.grid_cells)
         print(json.dumps(result, indent=2) if args.json else format_sweep(result))
+        return 0
+    if getattr(args, "backend", "cpu") == "cuda":
+        result = cuda_bench(batch_sizes=tuple(args.batch), min_seconds=args.min_seconds)
+        print(json.dumps(result, indent=2) if args.json else format_cuda_table(result))
         return 0
     result = kernel_bench(batch_sizes=tuple(args.batch), min_seconds=args.min_seconds)
     print(json.dumps(result, indent=2) if args.json else format_table(result))

@@ -31,7 +31,7 @@ def _cluster_options(args):
     if args.scheduler and args.cluster != "local":
         raise InputError(f"--scheduler {args.scheduler} and --cluster {args.cluster}: give one or the other")
     security = make_security(args.tls_ca_file, args.tls_cert, args.tls_key)
-    if args.jobqueue_config and args.cluster == "local":
+    if args.jobqueue_config and args.cluster in ("local", "local-cuda"):
         raise InputError(f"--jobqueue-config {args.jobqueue_config}: only with --cluster slurm or pbs")
     return ClusterOptions(scheduler=args.scheduler, cluster=args.cluster, n_workers=args.workers,
                           jobs=args.jobs, security=security, jobqueue_config=args.jobqueue_config)
@@ -46,7 +46,7 @@ def _run(args) -> int:
     from .sweep.runner import RunOptions, run_sweep  # numba, dask: only once the input is good
 
     opts = RunOptions(cluster=_cluster_options(args), overwrite=args.overwrite, task_seconds=args.task_seconds,
-                      retries=args.retries, progress=not args.quiet)
+                      retries=args.retries, progress=not args.quiet, backend=args.backend)
     try:
         summary = run_sweep(spec, opts, output=args.output)
     except KeyboardInterrupt:
@@ -152,6 +152,9 @@ def _status(args) -> int:
         lines.append("state: incomplete -- run the same spec again to resume")
     else:
         lines.append("state: complete")
+    computed_by = store.Store(args.store).backend_counts()
+    if computed_by:
+        lines.append("computed by: " + ", ".join(f"{k} {v} chunks" for k, v in computed_by.items()))
     print("\n".join(lines))
     return 0
 
@@ -201,6 +204,7 @@ def _add_run_options(r):
 
 def build_parser() -> argparse.ArgumentParser:
     from .deploy import cluster_names
+    from .model.backends import choices as backend_choices
 
     p = argparse.ArgumentParser(prog="escape-sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -221,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tls-cert", help="client certificate (PEM)")
     r.add_argument("--tls-key", help="client private key (PEM)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    r.add_argument("--backend", default="cpu", choices=backend_choices(),
+                   help="kernel backend: cpu, cuda (NVIDIA GPUs; workers with a GPU resource), auto (cuda on "
+                        "workers that have a GPU, else cpu); the numbers are the same (default: cpu)")
     r.set_defaults(func=_run)
 
     v = sub.add_parser("validate", help="check specs; print grid size, tasks and work, compute nothing")
@@ -248,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="kernel throughput (walker-steps/s) next to numpy and scalar numba")
     b.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    b.add_argument("--backend", default="cpu", choices=("cpu", "cuda"),
+                   help="cuda: the GPU kernel next to the CPU kernel on one core (default: cpu)")
     b.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64], help="batch sizes (default 1 8 64)")
     b.add_argument("--min-seconds", type=float, default=0.3, help="minimum time of one timed call")
     b.add_argument("--sweep", action="store_true",

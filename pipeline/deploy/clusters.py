@@ -73,6 +73,23 @@ def local_cluster(opts: ClusterOptions):
         )
 
 
+def local_cuda_cluster(opts: ClusterOptions):
+    """dask-cuda's LocalCUDACluster: one worker process per GPU of this host (CUDA_VISIBLE_DEVICES
+    pinned), one thread each, advertising resource GPU=1; 127.0.0.1 only, like `local`."""
+    try:
+        from dask_cuda import LocalCUDACluster
+    except ImportError:
+        raise InputError("--cluster local-cuda needs dask-cuda: pip install 'escape-sweep[cuda]'") from None
+    protocol = "tls://" if uses_tls(opts.security) else "tcp://"
+    kw = {"n_workers": opts.n_workers} if opts.n_workers else {}
+    with _workers_ignore_sigint(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Port \d+ is already in use")
+        return LocalCUDACluster(
+            threads_per_worker=1, host=LOOPBACK, protocol=protocol, dashboard_address=DEFAULT_DASHBOARD,
+            scheduler_port=0, security=opts.security, worker_dashboard_address=None, resources={"GPU": 1}, **kw,
+        )
+
+
 @contextlib.contextmanager
 def _workers_ignore_sigint():
     """Start worker processes with SIGINT ignored (they inherit it): Ctrl-C in the terminal
@@ -239,7 +256,7 @@ def pbs_cluster(opts: ClusterOptions):
 # --------------------------------------------------------------------------- registry
 
 
-CLUSTERS = {"local": local_cluster, "slurm": slurm_cluster, "pbs": pbs_cluster}
+CLUSTERS = {"local": local_cluster, "slurm": slurm_cluster, "pbs": pbs_cluster, "local-cuda": local_cuda_cluster}
 
 
 def cluster_names() -> list[str]:

@@ -14,7 +14,48 @@ from importlib import import_module
 # name -> "module:function" (relative to this package)
 BACKENDS = {
     "cpu": ".kernels:escape_steps",
+    "cuda": ".cuda:escape_steps",  # NVIDIA GPU via numba-cuda (pip install 'escape-sweep[cuda]')
 }
+AUTO = "auto"  # a run option, not a kernel: cuda where the process has a usable GPU, else cpu
+
+
+def choices() -> list[str]:
+    """Values accepted by `--backend`: the registry's names plus "auto"."""
+    return [*BACKENDS, AUTO]
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why backend `name` cannot run in this process (None when it can); InputError if unknown."""
+    from ..errors import InputError
+
+    if name == AUTO:
+        return None
+    if name not in BACKENDS:
+        raise InputError(f"backend {name!r}: unknown (choose from {', '.join(choices())})")
+    if name == "cuda":
+        from . import cuda
+
+        return cuda.unavailable_reason()
+    return None
+
+
+def require(name: str) -> None:
+    """Raise InputError (one line, before any compute) unless backend `name` can run here."""
+    from ..errors import InputError
+
+    why = unavailable_reason(name)
+    if why:
+        raise InputError(f"backend {name}: {why}")
+
+
+def resolve(name: str) -> str:
+    """The concrete backend for `name` in this process: "auto" is cuda where a GPU is usable, else cpu."""
+    if name != AUTO:
+        return name
+    try:
+        return "cuda" if unavailable_reason("cuda") is None else "cpu"
+    except Exception:
+        return "cpu"
 
 
 def backend_names() -> list[str]:

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .kernels import escape_steps
+from . import backends
 from .landscape import check_int, check_positive, find_pit
 
 
@@ -33,12 +33,13 @@ def cell_key(seed: int, T: float, batch_size: int, depth: float, width: float) -
     return np.uint64(int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little"))
 
 
-def simulate(T, steps, batch_size, depth, width, walkers, seed, start=None) -> np.ndarray:
+def simulate(T, steps, batch_size, depth, width, walkers, seed, start=None, backend="cpu") -> np.ndarray:
     """Escape step of each walker of one cell: int64 array, -1 not escaped, -2 diverged.
 
     Walker i's value depends only on (seed, T, batch_size, depth, width, i): the cube of a
     sweep with the same seed holds exactly these walkers (read at each step budget).
-    `start` overrides the pit minimum as W_0.
+    `start` overrides the pit minimum as W_0. `backend` ("cpu", "cuda", "auto") changes the
+    speed, never the numbers; an unknown or unusable one is an InputError.
     """
     T = check_positive("T", T)
     depth = check_positive("depth", depth)
@@ -57,5 +58,8 @@ def simulate(T, steps, batch_size, depth, width, walkers, seed, start=None) -> n
             raise ValueError(f"start={start!r}: must be a finite number") from None
         if not math.isfinite(w0):
             raise ValueError(f"start={start!r}: must be a finite number")
+    name = backends.resolve(backend)
+    backends.require(name)
+    escape_steps = backends.get_kernel(name)
     key = cell_key(seed, T, batch_size, depth, width)
     return escape_steps(T, steps, batch_size, depth, width, w0, pit.w_barrier, key, 0, walkers)

@@ -20,11 +20,17 @@ from .spec import Spec
 from .task import Cell, Task
 
 KERNEL_RATE = 4e8  # walker-steps/s of one core (escape-sweep bench: ~5e8 at batch <= 64)
+GPU_KERNEL_RATE = 2e11  # walker-steps/s of one GPU (cuda backend): a 2 s GPU task is ~4e11 walker-steps
 DEFAULT_TASK_SECONDS = 2.0
 MIN_CHUNKS = 8  # even a small grid keeps a few workers busy
 
 
 MARKOV_CELL_COST = 0.3 * KERNEL_RATE  # an exact solve takes a fraction of a second
+
+
+def kernel_rate(backend: str = "cpu") -> float:
+    """Walker-steps/s one task's worker computes with `backend` ("auto" may land on a CPU: CPU rate)."""
+    return GPU_KERNEL_RATE if backend == "cuda" else KERNEL_RATE
 
 
 def _cell_cost(spec: Spec) -> float:
@@ -34,11 +40,11 @@ def _cell_cost(spec: Spec) -> float:
 
 
 def chunk_shape(spec: Spec, task_seconds: float = DEFAULT_TASK_SECONDS,
-                min_chunks: int = MIN_CHUNKS) -> tuple[int, int, int, int]:
+                min_chunks: int = MIN_CHUNKS, rate: float = KERNEL_RATE) -> tuple[int, int, int, int]:
     """Cells per chunk along (T, batch_size, depth, width): about `task_seconds` of kernel work,
     but small grids are still cut into about `min_chunks` chunks so every worker gets some."""
     per_cell = _cell_cost(spec)
-    budget = max(1, int(task_seconds * KERNEL_RATE // per_cell))
+    budget = max(1, int(task_seconds * rate // per_cell))
     budget = min(budget, max(1, math.ceil(spec.n_cells / min_chunks)))
     shape = []
     for n in spec.cell_shape:
@@ -48,13 +54,14 @@ def chunk_shape(spec: Spec, task_seconds: float = DEFAULT_TASK_SECONDS,
     return tuple(shape)
 
 
-def walker_blocks(spec: Spec, chunk: tuple[int, int, int, int], task_seconds: float = DEFAULT_TASK_SECONDS) -> list[tuple[int, int]]:
+def walker_blocks(spec: Spec, chunk: tuple[int, int, int, int], task_seconds: float = DEFAULT_TASK_SECONDS,
+                  rate: float = KERNEL_RATE) -> list[tuple[int, int]]:
     """(start, count) walker ranges of one cell: one range unless a cell alone is over the task size.
 
     Blocks are multiples of the kernel's lane count so no lanes are padded except in the last."""
     if math.prod(chunk) > 1 or not samples(spec.method):
         return [(0, spec.walkers)]
-    n = max(1, math.ceil(spec.walkers * spec.max_steps / (task_seconds * KERNEL_RATE)))
+    n = max(1, math.ceil(spec.walkers * spec.max_steps / (task_seconds * rate)))
     size = max(LANES, math.ceil(spec.walkers / n / LANES) * LANES)
     return [(s, min(size, spec.walkers - s)) for s in range(0, spec.walkers, size)]
 
@@ -88,9 +95,9 @@ def chunk_slices(spec: Spec, chunks, index) -> tuple[slice, slice, slice, slice]
     return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunks, spec.cell_shape))
 
 
-def tasks_for_chunk(spec: Spec, chunks, index, pits, task_seconds=DEFAULT_TASK_SECONDS,
-                    backend: str = "cpu") -> list[Task]:
-    """The task(s) computing one chunk: one, or one per walker block for a one-cell chunk."""
+def tasks_for_chunk(spec: Spec, chunks, index, pits, task_seconds=DEFAULT_TASK_SECONDS, backend="cpu") -> list[Task]:
+    """The task(s) computing one chunk: one, or one per walker block for a one-cell chunk
+    (blocks sized by the backend's rate)."""
     sl = chunk_slices(spec, chunks, index)
     cells = []
     for iT, iB, iD, iW in itertools.product(*(range(s.start, s.stop) for s in sl)):
@@ -101,7 +108,7 @@ def tasks_for_chunk(spec: Spec, chunks, index, pits, task_seconds=DEFAULT_TASK_S
                           w_start=pit.w_start, w_barrier=pit.w_barrier))
     shape = tuple(s.stop - s.start for s in sl)
     edges = tuple(int(e) for e in spec_edges(spec))
-    blocks = walker_blocks(spec, chunks, task_seconds)
+    blocks = walker_blocks(spec, chunks, task_seconds, kernel_rate(backend))
     return [Task(chunk=tuple(index), shape=shape, cells=tuple(cells), walker_start=s, walker_count=c,
                  budgets=spec.steps, edges=edges, seed=spec.seed, block=b, n_blocks=len(blocks),
                  method=spec.method, backend=backend)

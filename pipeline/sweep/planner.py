@@ -30,11 +30,12 @@ class ChunkDone:
     slices: tuple[slice, slice, slice, slice]
     counts: dict
     walkers: int  # walkers 0 .. walkers-1 of each cell are counted
+    backends: tuple[str, ...] = ("cpu",)  # the kernel backends its blocks ran on (provenance)
 
 
 def sum_blocks(parts: list[dict]) -> dict:
     """Counts of a chunk from its walker blocks: the COUNTS add; per-cell extras come from block 0."""
-    out = {k: v for k, v in parts[0].items() if k not in COUNTS}
+    out = {k: v for k, v in parts[0].items() if k not in COUNTS and k != "backend"}
     out.update({k: parts[0][k].copy() for k in COUNTS})
     for p in parts[1:]:
         for k in COUNTS:
@@ -76,4 +77,5 @@ class StaticPlanner:
         del self._blocks[index]
         counts = sum_blocks(parts)
         return ChunkDone(index=index, slices=partition.chunk_slices(self.spec, self.chunks, index), counts=counts,
-                         walkers=int(np.max(counts["n_walkers"], initial=0)))
+                         walkers=int(np.max(counts["n_walkers"], initial=0)),
+                         backends=tuple(p.get("backend", "cpu") for p in parts))

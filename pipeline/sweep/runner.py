@@ -17,7 +17,8 @@ import numpy as np
 
 from . import partition, store
 from ..deploy import ClusterOptions, open_client
-from ..errors import StoreMismatch
+from ..errors import InputError, StoreMismatch
+from ..model import backends
 from .spec import Spec, load_spec
 from .planner import StaticPlanner
 from .task import run_task
@@ -32,6 +33,7 @@ class RunOptions:
     task_seconds: float = partition.DEFAULT_TASK_SECONDS
     retries: int = 2
     progress: bool = True
+    backend: str = "cpu"  # kernel backend: "cpu", "cuda" (GPU workers) or "auto" (cuda where a worker has one)
 
 
 @dataclass
@@ -132,6 +134,7 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output=None, yes:
     from .lock import StoreLock
 
     opts = opts or RunOptions()
+    check_backend(opts)
     spec = spec_or_path if isinstance(spec_or_path, Spec) else load_spec(spec_or_path, output=output, yes=yes)
     where = output if output is not None else spec.output
     t0 = time.perf_counter()
@@ -140,7 +143,7 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output=None, yes:
         chunks = check_store(spec, st, opts)
         fresh = chunks is None
         if fresh:
-            chunks = partition.chunk_shape(spec, opts.task_seconds)
+            chunks = partition.chunk_shape(spec, opts.task_seconds, rate=partition.kernel_rate(opts.backend))
             done = np.zeros(partition.chunk_grid(spec, chunks), bool)
         else:
             done = st.done_mask()
@@ -149,11 +152,12 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output=None, yes:
                           chunks_total=int(done.size), chunks_done_before=int(done.sum()), chunks_computed=0,
                           tasks_submitted=0, walker_steps=0, wall_seconds=0.0, complete=False, method=spec.method)
         if pending:
-            planner = StaticPlanner(spec, chunks, pending, opts.task_seconds)
+            planner = StaticPlanner(spec, chunks, pending, opts.task_seconds, backend=opts.backend)
             with open_client(opts.cluster) as client:
+                submit_kw = backend_submit_options(client, opts)
                 if fresh:
                     st.create(spec, chunks, partition.spec_edges(spec), partition.chunk_grid(spec, chunks))
-                _compute(client, spec, st, planner, opts, summary)
+                _compute(client, spec, st, planner, opts, summary, submit_kw)
         summary.complete = bool(st.done_mask().all())
         if summary.complete and (pending or not st.attrs().get("completed")):
             st.set_attrs(completed=store.now())
@@ -161,7 +165,35 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output=None, yes:
     return summary
 
 
-def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, summary: Summary) -> None:
+LOCAL_CLUSTERS = ("local", "local-cuda")  # embedded clusters: their workers run on this host
+
+
+def check_backend(opts: RunOptions) -> None:
+    """InputError before anything starts: an unknown backend, or cuda on this host's workers
+    without a usable GPU here."""
+    backends.unavailable_reason(opts.backend)  # unknown name -> InputError
+    if opts.backend == "cuda" and not opts.cluster.scheduler and opts.cluster.cluster in LOCAL_CLUSTERS:
+        backends.require("cuda")
+
+
+def backend_submit_options(client, opts: RunOptions) -> dict:
+    """Extra `client.submit` keywords for the backend: cuda tasks ask for a worker's `GPU` resource
+    where workers advertise one (local-cuda, GPU batch jobs, `dask worker --resources GPU=1`)."""
+    if opts.backend != "cuda":
+        return {}
+    if not opts.cluster.scheduler and opts.cluster.cluster not in LOCAL_CLUSTERS:
+        return {"resources": {"GPU": 1}}  # batch jobs start later; their GPU yaml gives --resources GPU=1
+    workers = client.scheduler_info().get("workers", {}).values()
+    if any((w.get("resources") or {}).get("GPU") for w in workers):
+        return {"resources": {"GPU": 1}}
+    if not opts.cluster.scheduler:
+        return {}  # the embedded cluster's workers share this host's GPU (checked by check_backend)
+    raise InputError(f"--backend cuda: no worker of {opts.cluster.scheduler} advertises a GPU resource "
+                     "(start GPU workers with `dask worker ... --resources GPU=1`, or use --backend auto)")
+
+
+def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, summary: Summary,
+             submit_kw: dict | None = None) -> None:
     """Keep a bounded window of tasks in flight; write each chunk the planner says is finished."""
     from distributed import as_completed
 
@@ -183,7 +215,7 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
     def submit(n: int) -> None:
         for t in planner.ask(n):
             key = f"escape-sweep-chunk-{tag}-{'.'.join(map(str, t.chunk))}-b{t.block}"
-            ac.add(client.submit(run_task, t, key=key, retries=opts.retries, pure=False))
+            ac.add(client.submit(run_task, t, key=key, retries=opts.retries, pure=False, **(submit_kw or {})))
             summary.tasks_submitted += 1
 
     submit(window)
@@ -195,7 +227,8 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
             summary.kernel_seconds += res["kernel_seconds"]
             chunk = planner.tell(res)
             if chunk is not None:
-                st.write_chunk(chunk.index, chunk.slices, chunk.counts, edges, spec.method, chunk.walkers, group=group)
+                st.write_chunk(chunk.index, chunk.slices, chunk.counts, edges, spec.method, chunk.walkers, group=group,
+                               backends=chunk.backends)
                 summary.chunks_computed += 1
             submit(1)
             progress.update(summary.chunks_computed, summary.walker_steps)

@@ -53,6 +53,29 @@ def _quiet_consolidate(target) -> None:
         zarr.consolidate_metadata(target)
 
 
+BACKEND_CODES = ("", "cpu", "cuda", "cpu+cuda")  # progress/backend values; 0 = not recorded
+
+
+def _backend_array(prog, grid):
+    arr = prog.create_array("backend", shape=tuple(grid), chunks=(1,) * 4, dtype="uint8", fill_value=0)
+    arr.attrs.update(description="kernel backend that computed each chunk (index into codes); 0 = not recorded",
+                     codes=list(BACKEND_CODES))
+    return arr
+
+
+def _record_backend(group, index, names) -> None:
+    """Provenance: the kernel backend(s) that computed chunk `index` ("cpu", "cuda", "cpu+cuda").
+    A store made before this record existed gains it."""
+    name = "+".join(sorted(set(names)))
+    prog = group[PROGRESS]
+    arr = prog["backend"] if "backend" in prog else _backend_array(prog, prog["done"].shape)
+    codes = list(arr.attrs.get("codes", BACKEND_CODES))
+    if name not in codes:
+        codes.append(name)
+        arr.attrs["codes"] = codes
+    arr[tuple(index)] = codes.index(name)
+
+
 class Store:
     """One cube's storage: a local path, a URL, or a zarr store object.
 
@@ -140,6 +163,7 @@ class Store:
         prog.create_array("done", shape=grid, chunks=(1,) * 4, dtype="uint8", fill_value=0)
         prog.create_array("walkers", shape=grid, chunks=(1,) * 4, dtype="int64", fill_value=0)
         prog.create_array("finished_at", shape=grid, chunks=(1,) * 4, dtype="float64", fill_value=np.nan)
+        _backend_array(prog, grid)
         _quiet_consolidate(target)
         if not self.local:
             return
@@ -152,19 +176,31 @@ class Store:
         else:
             os.replace(tmp, self.path)
 
-    def write_chunk(self, index, slices, counts: dict, edges, method: str, walkers: int, group=None) -> None:
+    def write_chunk(self, index, slices, counts: dict, edges, method: str, walkers: int, group=None,
+                    backends=("cpu",)) -> None:
         """Every variable of one chunk (slices along T, batch_size, depth, width), then its
-        completion record: done, the walkers it counts, the time."""
+        completion record: the kernel backend(s) that computed it, the walkers it counts, the time, done."""
         self.guard()
         g = group if group is not None else self.group()
         for name, (region, arr) in cube.regions(slices, cube.derived(counts, edges, method)).items():
             g[name][region] = arr
         self.guard()
         index = tuple(index)
+        _record_backend(g, index, backends)
         g[f"{PROGRESS}/finished_at"][index] = time.time()
         if "walkers" in g[PROGRESS]:  # stores made before the walker record have none
             g[f"{PROGRESS}/walkers"][index] = walkers
         g[f"{PROGRESS}/done"][index] = 1
+
+    def backend_counts(self) -> dict[str, int]:
+        """Chunks computed by each backend name ({} for a store without the record)."""
+        prog = self.group("r")[PROGRESS]
+        if "backend" not in prog:
+            return {}
+        arr = prog["backend"]
+        codes = list(arr.attrs.get("codes", BACKEND_CODES))
+        values, counts = np.unique(np.asarray(arr[...]), return_counts=True)
+        return {(codes[v] if v < len(codes) else str(v)) or "unrecorded": int(c) for v, c in zip(values, counts)}
 
     def set_attrs(self, **attrs) -> None:
         """Update group attributes and re-consolidate the metadata."""

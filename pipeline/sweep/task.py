@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model.backends import get_kernel
-from ..model.kernels import DIVERGED
+from ..model import backends
 from ..model.axes import samples, solves
+from ..model.kernels import DIVERGED
 from ..model.simulate import cell_key
 
 
@@ -56,7 +56,7 @@ class Task:
     block: int = 0
     n_blocks: int = 1
     method: str = "montecarlo"  # one of axes.METHODS
-    backend: str = "cpu"  # a name from model.backends: how, never what, is computed
+    backend: str = "cpu"  # a name from model.backends (or "auto": cuda where the worker has a GPU); never changes the numbers
 
 
 
@@ -85,6 +85,7 @@ def run_task(task: Task) -> dict:
     (chunk shape + budgets), hist (chunk shape + bins), walker_steps (int), kernel_seconds.
     With method "markov" or "both", block 0 also carries the exact solver's mfpt and
     mfpt_rel_error (chunk shape) and markov_p_escape (chunk shape + budgets).
+    `backend` names the kernel backend that computed the walkers (provenance).
     """
     shape = task.shape
     nb, nh = len(task.budgets), len(task.edges) - 1
@@ -93,10 +94,11 @@ def run_task(task: Task) -> dict:
         n_walkers=np.zeros(shape, np.int64), n_diverged=np.zeros(shape, np.int64),
         n_escaped=np.zeros(shape + (nb,), np.int64), exposure=np.zeros(shape + (nb,), np.int64),
         hist=np.zeros(shape + (nh,), np.int64), walker_steps=0, kernel_seconds=0.0,
+        backend=backends.resolve(task.backend),
     )
     smax = max(task.budgets)
-    escape_steps = get_kernel(task.backend)
     if samples(task.method):
+        escape_steps = backends.get_kernel(out["backend"])
         for c in task.cells:
             key = cell_key(task.seed, c.T, c.batch_size, c.depth, c.width)
             t0 = time.perf_counter()
