@@ -25,6 +25,7 @@ from .kernels import (_C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C
                       NOT_ESCAPED)
 
 THREADS = 128  # threads per block on a GPU
+BLOCKS_PER_SM = 16  # resident blocks per multiprocessor the grid asks for (2048 threads, the H100 maximum)
 SIM_THREADS = 32  # the simulator runs one Python thread per CUDA thread: keep blocks small
 FMAS_PER_STEP = 30  # explicit fused multiply-adds per step: 2 x exp_nonpos (2 range reduction + 13 Horner)
 
@@ -186,22 +187,30 @@ if cuda is not None:
     @cuda.jit(**_kernel_opts)
     def _escape_kernel(out, T, steps, start, barrier, inv_w, pit_coef, key, first, count,
                        per_word, nwords, K, mask, ub):
-        """out[i] = escape step of walker first + i (one thread per walker)."""
-        i = cuda.grid(1)
-        if i >= count:
-            return
+        """out[i] = escape step of walker first + i. Persistent threads: a thread whose walker is done
+        takes walker i + gridsize (grid-stride), like a CPU lane's refill, so fast escapes free it."""
+        for i in range(cuda.grid(1), count, cuda.gridsize(1)):
+            _one_walker(out, i, T, steps, start, barrier, inv_w, pit_coef, key, first, per_word, nwords, K,
+                        mask, ub)
+
+    @_device
+    def _one_walker(out, i, T, steps, start, barrier, inv_w, pit_coef, key, first, per_word, nwords, K, mask, ub):
+        """Walker first + i from start to escape, budget or divergence: the CPU lane's exact steps."""
         state = _walker_state(key, first + i)
         x = start
         esc = NOT_ESCAPED
         done = 0
         nan = False
         word = np.uint64(0)
+        left = 0  # steps the current word still feeds (a countdown: no 64-bit modulo on the GPU)
         while True:
             for t in range(K):
                 if nwords == 1:
-                    if t % per_word == 0:
+                    if left == 0:  # t % per_word == 0, as K is a multiple of per_word
                         state = _next(state)
                         word = _mix64(state)
+                        left = per_word
+                    left -= 1
                     kk = np.float64(_popc(word & mask))
                     word = word >> ub
                 else:
@@ -245,6 +254,13 @@ def round_plan(batch_size: int) -> tuple[int, int, int, np.uint64, np.uint64]:
     return per_word, nwords, K, mask, ub
 
 
+def _resident_blocks() -> int:
+    """Blocks that keep every multiprocessor busy (BLOCKS_PER_SM each); threads then loop over walkers."""
+    if SIMULATOR:
+        return 4
+    return BLOCKS_PER_SM * cuda.get_current_device().MULTIPROCESSOR_COUNT
+
+
 def _args(T, steps, batch_size, depth, width, start, barrier, key, first, count):
     inv_w = 1.0 / float(width)
     pit_coef = 2.0 * float(depth) * inv_w / int(batch_size)  # as the CPU kernel computes it
@@ -263,7 +279,7 @@ def escape_steps(T, steps, batch_size, depth, width, start, barrier, key, first,
         return np.empty(max(count, 0), np.int64)
     threads = SIM_THREADS if SIMULATOR else THREADS
     out = cuda.device_array(count, np.int64)
-    blocks = (count + threads - 1) // threads
+    blocks = min((count + threads - 1) // threads, _resident_blocks())
     _escape_kernel[blocks, threads](out, *_args(T, steps, batch_size, depth, width, start, barrier, key,
                                                 first, count))
     return out.copy_to_host()

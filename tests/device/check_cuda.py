@@ -88,7 +88,8 @@ def ptx_check():
         return
     r = gpu.ptx_report(text)
     report("ptx", r["ok"], f"cc {cc}: {r['fma_rn_f64']} fma.rn.f64 (multiple of {r['explicit_fmas_per_step']}), "
-           f"{r['rn_add_mul']} add/mul.rn.f64, {r['plain_add_mul_f64']} contractible add/mul.f64", **r)
+           f"{r['rn_add_mul']} add/mul.rn.f64, {r['plain_add_mul_f64']} contractible add/mul.f64",
+           **{k: v for k, v in r.items() if k != "ok"})
 
 
 def throughput(quick: bool):
@@ -145,7 +146,7 @@ def sweep_check(quick: bool):
                 if not np.array_equal(a[v].values, b[v].values, equal_nan=a[v].dtype.kind == "f")]
         from pipeline.sweep import store
 
-        by = store.backend_counts(store.open_group(f"{tmp}/cuda.zarr", mode="r"))
+        by = store.Store(f"{tmp}/cuda.zarr").backend_counts()
         ok = not diff and set(a.variables) == set(b.variables) and set(by) == {"cuda"}
         report("sweep", ok, f"cube from --backend cuda {'identical to' if not diff else 'DIFFERS from'} the cpu cube"
                f"{'' if not diff else ' in ' + ', '.join(diff)}; provenance {by}; "
