@@ -94,6 +94,12 @@ def _validate(args) -> int:
             walker_steps_upper_bound=spec.walker_steps_bound,
             estimated_core_seconds_upper_bound=spec.walker_steps_bound / partition.KERNEL_RATE,
             spec_hash=spec.content_hash))
+        if args.store:
+            from .sweep import grow, store
+
+            plan = grow.dry_run(store.Store(args.store), spec)
+            reports[-1]["store"] = args.store
+            reports[-1].update({f"store_{k}": v for k, v in plan.items()})
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
     else:
@@ -152,6 +158,14 @@ def _status(args) -> int:
         lines.append("state: incomplete -- run the same spec again to resume")
     else:
         lines.append("state: complete")
+    from .sweep.grow import history
+
+    for h in history(ds.attrs):
+        what = "; ".join(f"{a} += {', '.join(f'{v:g}' for v in vals)}" for a, vals in (h.get("added") or {}).items())
+        w = h.get("walkers") or [None, None]
+        more = f"; walkers {w[0]} -> {w[1]}" if w[0] != w[1] else ""
+        extra = f"; {h['summary']}" if h.get("summary") else ""
+        lines.append(f"history: {h.get('at', '?')} {h.get('op', '?')}: {what or 'no new values'}{more}{extra}")
     computed_by = store.Store(args.store).backend_counts()
     if computed_by:
         lines.append("computed by: " + ", ".join(f"{k} {v} chunks" for k, v in computed_by.items()))
@@ -236,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--task-seconds", type=float, default=2.0, help="target kernel seconds per task (default 2)")
     v.add_argument("--yes", action="store_true", help="accept a grid beyond the sanity limits")
     v.add_argument("--json", action="store_true")
+    v.add_argument("--store", metavar="STORE", help="also say what `run` would do to this store: create, resume, "
+                                                     "or grow it (new cells, cells gaining walkers, work bound)")
     v.set_defaults(func=_validate)
 
     s = sub.add_parser("status", help="what a store holds: chunks done, missing, provenance")

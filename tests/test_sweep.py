@@ -109,10 +109,10 @@ def test_separate_scheduler_and_worker_processes(tmp_path, dask_processes, clust
 def test_other_spec_is_refused_unless_overwrite(tmp_path, cluster2, capsys):
     f = write_spec(tmp_path, walkers=100, path=str(tmp_path / "x.zarr"))
     run_sweep(str(f), opts(cluster2))
-    g = write_spec(tmp_path, name="other", walkers=101, path=str(tmp_path / "x.zarr"))
+    g = write_spec(tmp_path, name="other", seed=8, walkers=101, path=str(tmp_path / "x.zarr"))
     assert main(["run", str(g), "--scheduler", cluster2, "-q"]) == 2
     err = capsys.readouterr().err
-    assert "different spec" in err and "--overwrite" in err and err.count("\n") == 1
+    assert "different spec (seed 7 -> 8)" in err and "--overwrite" in err and err.count("\n") == 1
     assert open_cube(tmp_path / "x.zarr").attrs["walkers"] == 100  # untouched
     assert main(["run", str(g), "--scheduler", cluster2, "-q", "--overwrite"]) == 0
     assert open_cube(tmp_path / "x.zarr").attrs["walkers"] == 101

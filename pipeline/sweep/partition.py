@@ -95,17 +95,25 @@ def chunk_slices(spec: Spec, chunks, index) -> tuple[slice, slice, slice, slice]
     return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunks, spec.cell_shape))
 
 
+def chunk_cells(spec: Spec, slices, pits) -> list[Cell]:
+    """The cells of the chunk at `slices` (along T, batch_size, depth, width), in C order, each with
+    its index inside the chunk and its pit geometry."""
+    cells = []
+    for iT, iB, iD, iW in itertools.product(*(range(s.start, s.stop) for s in slices)):
+        d, w = spec.depth[iD], spec.width[iW]
+        pit = pits[(d, w)]
+        cells.append(Cell(index=(iT - slices[0].start, iB - slices[1].start, iD - slices[2].start,
+                                 iW - slices[3].start),
+                          T=spec.T[iT], batch_size=spec.batch_size[iB], depth=d, width=w,
+                          w_start=pit.w_start, w_barrier=pit.w_barrier))
+    return cells
+
+
 def tasks_for_chunk(spec: Spec, chunks, index, pits, task_seconds=DEFAULT_TASK_SECONDS, backend="cpu") -> list[Task]:
     """The task(s) computing one chunk: one, or one per walker block for a one-cell chunk
     (blocks sized by the backend's rate)."""
     sl = chunk_slices(spec, chunks, index)
-    cells = []
-    for iT, iB, iD, iW in itertools.product(*(range(s.start, s.stop) for s in sl)):
-        d, w = spec.depth[iD], spec.width[iW]
-        pit = pits[(d, w)]
-        cells.append(Cell(index=(iT - sl[0].start, iB - sl[1].start, iD - sl[2].start, iW - sl[3].start),
-                          T=spec.T[iT], batch_size=spec.batch_size[iB], depth=d, width=w,
-                          w_start=pit.w_start, w_barrier=pit.w_barrier))
+    cells = chunk_cells(spec, sl, pits)
     shape = tuple(s.stop - s.start for s in sl)
     edges = tuple(int(e) for e in spec_edges(spec))
     blocks = walker_blocks(spec, chunks, task_seconds, kernel_rate(backend))

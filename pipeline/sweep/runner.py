@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import partition, store
+from . import grow, partition, store
 from ..deploy import ClusterOptions, open_client
 from ..errors import InputError, StoreMismatch
 from ..model import backends
@@ -140,6 +140,14 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output=None, yes:
     t0 = time.perf_counter()
     with StoreLock(where) as lock:
         st = store.Store(where, guard=lock.check)
+        note = grow.recover(st)
+        if note:
+            print(f"escape-sweep: {note}", file=sys.stderr)
+        growth = growth_of(spec, st, opts)
+        if growth is not None:
+            summary = _grow(spec, st, growth, opts)
+            summary.wall_seconds = time.perf_counter() - t0
+            return summary
         chunks = check_store(spec, st, opts)
         fresh = chunks is None
         if fresh:
@@ -162,6 +170,61 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output=None, yes:
         if summary.complete and (pending or not st.attrs().get("completed")):
             st.set_attrs(completed=store.now())
     summary.wall_seconds = time.perf_counter() - t0
+    return summary
+
+
+def growth_of(spec: Spec, st: store.Store, opts: RunOptions) -> dict | None:
+    """How `spec` grows the cube in `st` ({"old": Spec, "added": ..., "walkers": [old, new]}), or None
+    when the store is not another spec's cube (or --overwrite). A difference that is not growth
+    raises StoreMismatch naming it."""
+    if opts.overwrite or not st.local or not st.is_cube():
+        return None
+    if st.attrs().get("spec_hash") == spec.content_hash:
+        return None
+    old = grow.old_spec(st)
+    if old is None:
+        return None  # check_store refuses it with the generic line
+    return dict(grow.compare(old, spec, st.where), old=old)
+
+
+def _grow(spec: Spec, st: store.Store, growth: dict, opts: RunOptions, target=None, op: str = "grow") -> Summary:
+    """Build the grown cube beside the store from its counts plus the new walker blocks, then swap
+    it in. Resumable: the directory is recorded in the old store, which stays read-only."""
+    built = grow.build_dir(st, spec)
+    bst = store.Store(built, guard=st.guard)
+    made = bst.is_cube()
+    if made:
+        chunks, done = tuple(bst.attrs()["chunk_shape"]), bst.done_mask()
+    else:
+        chunks = partition.chunk_shape(spec, opts.task_seconds, rate=partition.kernel_rate(opts.backend))
+        done = np.zeros(partition.chunk_grid(spec, chunks), bool)
+    pending = list(zip(*np.nonzero(~done)))
+    summary = Summary(path=str(st.where), cells=spec.n_cells, walkers=spec.n_cells * spec.walkers,
+                      chunks_total=int(done.size), chunks_done_before=int(done.sum()), chunks_computed=0,
+                      tasks_submitted=0, walker_steps=0, wall_seconds=0.0, complete=False, method=spec.method)
+    if opts.progress:
+        added = "; ".join(f"{a} += {', '.join(f'{v:g}' for v in vals)}" for a, vals in growth["added"].items())
+        w0, w1 = growth["walkers"]
+        print(f"escape-sweep: growing {st.where} in place: {added or 'no new values'}"
+              f"{f'; walkers {w0} -> {w1}' if w1 != w0 else ''}{'; refining' if target is not None else ''}",
+              file=sys.stderr)
+    base = grow.Base(st, growth["old"])
+    planner = grow.GrowPlanner(spec, chunks, pending, base, target=target, task_seconds=opts.task_seconds,
+                               backend=opts.backend)
+    if pending:
+        with open_client(opts.cluster) as client:
+            submit_kw = backend_submit_options(client, opts)
+            if not made:
+                bst.create(spec, chunks, partition.spec_edges(spec), partition.chunk_grid(spec, chunks))
+            _compute(client, spec, bst, planner, opts, summary, submit_kw)
+    summary.complete = bool(bst.done_mask().all())
+    if summary.complete:
+        old_attrs = st.attrs()
+        entry = dict(op=op, from_spec_hash=old_attrs.get("spec_hash"), added=growth["added"],
+                     walkers=growth["walkers"], **(growth.get("extra") or {}))
+        bst.set_attrs(completed=store.now(), created=old_attrs.get("created", store.now()),
+                      history=grow.record(old_attrs, entry), grow_complete=True)
+        grow.swap(st, built)
     return summary
 
 
@@ -218,7 +281,16 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
             ac.add(client.submit(run_task, t, key=key, retries=opts.retries, pure=False, **(submit_kw or {})))
             summary.tasks_submitted += 1
 
+    pop_ready = getattr(planner, "pop_ready", lambda: [])
+
+    def write(chunk) -> None:
+        st.write_chunk(chunk.index, chunk.slices, chunk.counts, edges, spec.method, chunk.walkers, group=group,
+                       backends=chunk.backends or ("none",))
+        summary.chunks_computed += 1
+
     submit(window)
+    for chunk in pop_ready():
+        write(chunk)
     try:
         for fut in ac:
             res = fut.result()
@@ -227,10 +299,10 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
             summary.kernel_seconds += res["kernel_seconds"]
             chunk = planner.tell(res)
             if chunk is not None:
-                st.write_chunk(chunk.index, chunk.slices, chunk.counts, edges, spec.method, chunk.walkers, group=group,
-                               backends=chunk.backends)
-                summary.chunks_computed += 1
+                write(chunk)
             submit(1)
+            for chunk in pop_ready():
+                write(chunk)
             progress.update(summary.chunks_computed, summary.walker_steps)
         progress.update(summary.chunks_computed, summary.walker_steps, force=True)
         summary.compute_seconds = time.perf_counter() - t_start
