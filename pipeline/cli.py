@@ -110,6 +110,62 @@ def _validate(args) -> int:
     return 0
 
 
+def _refine(args) -> int:
+    """Refine a complete cube in rounds; one line per round on stderr, a summary on stdout."""
+    import numpy as np
+
+    from .analysis.commands import parse_range
+    from .model.axes import CELL_AXES
+    from .sweep.refine import RefineOptions, check_targets
+
+    targets = {}
+    for item in args.target or ["log10_escape_time=0.03"]:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--target {item}: expected VAR=HALF_WIDTH (e.g. log10_escape_time=0.03)")
+        targets[name] = value
+    targets = check_targets(targets)
+    if args.max_walkers < 1:
+        raise InputError(f"--max-walkers {args.max_walkers}: must be >= 1")
+    if not args.max_walker_steps > 0:
+        raise InputError(f"--max-walker-steps {args.max_walker_steps}: must be > 0")
+    if args.add_T < 0 or args.rounds < 1:
+        raise InputError(f"--add-T {args.add_T} / --rounds {args.rounds}: need --add-T >= 0 and --rounds >= 1")
+    if not (math.isfinite(args.task_seconds) and args.task_seconds > 0):
+        raise InputError(f"--task-seconds {args.task_seconds}: must be a finite number > 0")
+    t_range = parse_range(args.t_range) if args.t_range else None
+    allowed = None
+    if args.sel or args.range:
+        from .analysis.select import apply_range, apply_sel, parse_sel
+
+        ds = _open(args.store)
+        sub = apply_range(apply_sel(ds[["n_walkers"]], parse_sel(args.sel)), args.range)
+        allowed = {a: [v.item() for v in np.atleast_1d(sub[a].values)] for a in CELL_AXES}
+    ropts = RefineOptions(targets=targets, budget=args.budget, allowed=allowed, max_walkers=args.max_walkers,
+                          max_walker_steps=args.max_walker_steps, add_T=args.add_T, t_range=t_range,
+                          rounds=args.rounds)
+    from .sweep.runner import RunOptions, refine_store
+
+    opts = RunOptions(cluster=_cluster_options(args), task_seconds=args.task_seconds, retries=args.retries,
+                      progress=not args.quiet, backend=args.backend)
+    try:
+        rounds = refine_store(args.store, ropts, opts)
+    except KeyboardInterrupt:
+        print("\nescape-sweep: interrupted; the store is as the last finished round left it, and the same "
+              "`refine` resumes the round in progress", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(rounds, indent=1))
+    else:
+        spent = sum(r["walker_steps"] for r in rounds)
+        last = rounds[-1] if rounds else None
+        state = ("nothing to refine: every eligible cell meets its target" if not rounds else
+                 "targets met" if last["cells_above_target"] == 0 else
+                 f"{last['cells_above_target']} cells still above target (caps or rounds reached)")
+        print(f"refined {args.store}: {len(rounds)} rounds, {spent:.4g} walker-steps; {state}")
+    return 0
+
+
 # ---------------------------------------------------------------- status / query
 def _open(path):
     from .sweep import store
@@ -216,6 +272,26 @@ def _add_run_options(r):
     r.add_argument("--yes", action="store_true", help="accept a grid beyond the sanity limits")
 
 
+def _add_worker_options(r, clusters, backend_names) -> None:
+    """Where workers come from and how tasks run: shared by run and refine."""
+    r.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786, tls://...)")
+    r.add_argument("--cluster", default="local", choices=clusters,
+                   help="where workers come from when no --scheduler is given (default: local)")
+    r.add_argument("--workers", type=int, help="local cluster: worker processes (default: one per core)")
+    r.add_argument("--jobs", type=int, help="batch clusters: number of jobs to scale to")
+    r.add_argument("--jobqueue-config", metavar="YAML",
+                   help="batch clusters: dask-jobqueue settings (default: $ESCAPE_SWEEP_JOBQUEUE, then "
+                        "cluster/<kind>/jobqueue.yaml)")
+    r.add_argument("--retries", type=int, default=2, help="re-runs of a task that raised (default 2)")
+    r.add_argument("--tls-ca-file", help="CA certificate (PEM) for TLS to the scheduler")
+    r.add_argument("--tls-cert", help="client certificate (PEM)")
+    r.add_argument("--tls-key", help="client private key (PEM)")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    r.add_argument("--backend", default="cpu", choices=backend_names,
+                   help="kernel backend: cpu, cuda (NVIDIA GPUs; workers with a GPU resource), auto (cuda on "
+                        "workers that have a GPU, else cpu); the numbers are the same (default: cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .deploy import cluster_names
     from .model.backends import choices as backend_choices
@@ -224,25 +300,35 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    r = sub.add_parser("run", help="run or resume a sweep into a Zarr cube")
+    r = sub.add_parser("run", help="run, resume or grow a sweep into a Zarr cube")
     _add_run_options(r)
-    r.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786, tls://...)")
-    r.add_argument("--cluster", default="local", choices=cluster_names(),
-                   help="where workers come from when no --scheduler is given (default: local)")
-    r.add_argument("--workers", type=int, help="local cluster: worker processes (default: one per core)")
-    r.add_argument("--jobs", type=int, help="batch clusters: number of jobs to scale to")
-    r.add_argument("--jobqueue-config", metavar="YAML",
-                   help="batch clusters: dask-jobqueue settings (default: $ESCAPE_SWEEP_JOBQUEUE, then cluster/<kind>/jobqueue.yaml)")
+    _add_worker_options(r, cluster_names(), backend_choices())
     r.add_argument("--overwrite", action="store_true", help="replace a store made from a different spec")
-    r.add_argument("--retries", type=int, default=2, help="re-runs of a task that raised (default 2)")
-    r.add_argument("--tls-ca-file", help="CA certificate (PEM) for TLS to the scheduler")
-    r.add_argument("--tls-cert", help="client certificate (PEM)")
-    r.add_argument("--tls-key", help="client private key (PEM)")
-    r.add_argument("--quiet", "-q", action="store_true", help="no progress line")
-    r.add_argument("--backend", default="cpu", choices=backend_choices(),
-                   help="kernel backend: cpu, cuda (NVIDIA GPUs; workers with a GPU resource), auto (cuda on "
-                        "workers that have a GPU, else cpu); the numbers are the same (default: cpu)")
     r.set_defaults(func=_run)
+
+    f = sub.add_parser("refine", help="add walkers where intervals are wide, and T values where ln tau(1/T) "
+                                      "is least resolved, in rounds",
+                       description="Refine a complete cube in place (see DESIGN.md, grow and refine).")
+    f.add_argument("store", metavar="STORE")
+    f.add_argument("--target", nargs="+", action="extend", metavar="VAR=HALF_WIDTH",
+                   help="95%% half-width to reach: log10_escape_time=DECADES and/or p_escape=P "
+                        "(default log10_escape_time=0.03)")
+    f.add_argument("--budget", type=int, help="step budget whose intervals count (default: the largest)")
+    f.add_argument("--sel", nargs="+", action="extend", default=[], metavar="DIM=VALUE",
+                   help="refine only these coordinate values (nearest within 1%%)")
+    f.add_argument("--range", nargs="+", action="extend", default=[], metavar="DIM=LO:HI",
+                   help="refine only LO <= DIM <= HI")
+    f.add_argument("--max-walkers", type=int, default=10_000_000, help="walkers per cell at most (default 1e7)")
+    f.add_argument("--max-walker-steps", type=float, default=float("inf"),
+                   help="walker-steps this command may spend over all rounds (default: no cap)")
+    f.add_argument("--add-T", dest="add_T", type=int, default=0, metavar="N",
+                   help="T values to add per round where ln tau against 1/T is least resolved (default 0)")
+    f.add_argument("--T-range", dest="t_range", metavar="LO:HI", help="refine and add T only in LO <= T <= HI")
+    f.add_argument("--rounds", type=int, default=8, help="rounds at most (default 8)")
+    f.add_argument("--task-seconds", type=float, default=2.0, help="target kernel seconds per task (default 2)")
+    f.add_argument("--json", action="store_true", help="print the rounds as JSON")
+    _add_worker_options(f, cluster_names(), backend_choices())
+    f.set_defaults(func=_refine)
 
     v = sub.add_parser("validate", help="check specs; print grid size, tasks and work, compute nothing")
     v.add_argument("spec", nargs="+", help="sweep spec(s) (TOML)")

@@ -284,20 +284,32 @@ def _zero_counts(spec: Spec, slices, n_bins: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_dir(st: Store, spec: Spec) -> Path:
-    """Where the grown cube of `spec` is built: the one an interrupted grow recorded (if it still
-    holds this spec's cube, or nothing yet), else a new unpredictable directory beside the store."""
-    recorded = st.attrs().get(GROWING_INTO)
-    if recorded:
-        d = st.path.parent / str(recorded)
-        if d.name == str(recorded) and d.is_dir() and not d.is_symlink():
+def build_dir(st: Store, plan: str) -> Path:
+    """Where the grown cube is built: the directory an interrupted run of the same plan (spec hash
+    plus per-cell walker targets) recorded, if it still holds that plan's cube or nothing yet; else a
+    new, unpredictable directory beside the store (recorded in the old store before anything is written)."""
+    recorded = str(st.attrs().get(GROWING_INTO) or "")
+    name, _, recorded_plan = recorded.partition("|")
+    if name:
+        d = st.path.parent / name
+        if d.name == name and d.is_dir() and not d.is_symlink():
             s = Store(d)
-            if (s.is_cube() and s.attrs().get("spec_hash") == spec.content_hash) or not any(d.iterdir()):
+            if recorded_plan == plan and ((s.is_cube() and s.attrs().get("plan") == plan) or not any(d.iterdir())):
                 return d
-            shutil.rmtree(d, ignore_errors=True)  # another grow's leftover: start again
+            shutil.rmtree(d, ignore_errors=True)  # another plan's leftover: start again
     d = Path(tempfile.mkdtemp(prefix=f".{st.path.name}.grow-", dir=st.path.parent))
-    st.set_attrs(**{GROWING_INTO: d.name})
+    st.set_attrs(**{GROWING_INTO: f"{d.name}|{plan}"})
     return d
+
+
+def plan_id(spec: Spec, target) -> str:
+    """Identity of a grow: the new spec's hash and, for refinement, the per-cell walker targets."""
+    import hashlib
+
+    h = hashlib.sha256(spec.content_hash.encode())
+    if target is not None and not np.isscalar(target):
+        h.update(np.ascontiguousarray(np.asarray(target, np.int64)).tobytes())
+    return h.hexdigest()[:16]
 
 
 def swap(st: Store, built: Path) -> None:

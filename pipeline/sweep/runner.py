@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -190,7 +190,8 @@ def growth_of(spec: Spec, st: store.Store, opts: RunOptions) -> dict | None:
 def _grow(spec: Spec, st: store.Store, growth: dict, opts: RunOptions, target=None, op: str = "grow") -> Summary:
     """Build the grown cube beside the store from its counts plus the new walker blocks, then swap
     it in. Resumable: the directory is recorded in the old store, which stays read-only."""
-    built = grow.build_dir(st, spec)
+    plan = grow.plan_id(spec, target)
+    built = grow.build_dir(st, plan)
     bst = store.Store(built, guard=st.guard)
     made = bst.is_cube()
     if made:
@@ -216,6 +217,7 @@ def _grow(spec: Spec, st: store.Store, growth: dict, opts: RunOptions, target=No
             submit_kw = backend_submit_options(client, opts)
             if not made:
                 bst.create(spec, chunks, partition.spec_edges(spec), partition.chunk_grid(spec, chunks))
+                bst.set_attrs(plan=plan)
             _compute(client, spec, bst, planner, opts, summary, submit_kw)
     summary.complete = bool(bst.done_mask().all())
     if summary.complete:
@@ -226,6 +228,59 @@ def _grow(spec: Spec, st: store.Store, growth: dict, opts: RunOptions, target=No
                       history=grow.record(old_attrs, entry), grow_complete=True)
         grow.swap(st, built)
     return summary
+
+
+def refine_store(where, ropts, opts: RunOptions | None = None) -> list[dict]:
+    """Refine a complete cube in rounds (`refine.py`): each round adds walkers to the cells whose
+    interval is wider than the target and, with add_T, T values where ln tau(1/T) is least resolved;
+    rounds stop when every eligible cell meets its target or a cap is reached. Returns one dict per
+    round (cells refined, walkers and T added, walker-steps spent, worst half-width / target left)."""
+    from ..errors import NotACube
+    from . import refine
+    from .lock import StoreLock
+
+    opts = opts or RunOptions()
+    check_backend(opts)
+    reports: list[dict] = []
+    with StoreLock(where) as lock:
+        st = store.Store(where, guard=lock.check)
+        note = grow.recover(st)
+        if note:
+            print(f"escape-sweep: {note}", file=sys.stderr)
+        if not st.is_cube():
+            raise NotACube(f"{where}: not an escape-sweep cube (no such store, or not made by escape-sweep)")
+        spec = grow.old_spec(st)
+        if spec is None or not st.done_mask().all():
+            raise InputError(f"{where}: the store is not complete; finish it with `escape-sweep run` first")
+        spent = 0.0
+        for r in range(1, ropts.rounds + 1):
+            ds = st.open_dataset().load()
+            plan = refine.next_round(ds, spec, ropts, spent)
+            if plan is None:
+                break
+            new, target, summ = plan
+            line = (f"round {r}: {summ['cells_refined']} cells refined, +{summ['walkers_added']} walkers"
+                    f"{', T += ' + ', '.join(f'{t:g}' for t in summ['T_added']) if summ['T_added'] else ''}")
+            growth = dict(old=spec, added={"T": summ["T_added"]} if summ["T_added"] else {},
+                          walkers=[spec.walkers, spec.walkers], extra=dict(summary=line))
+            s = _grow(new, st, growth, replace(opts, progress=False), target=target, op="refine")
+            spent += s.walker_steps
+            spec = new
+            after, _ = refine.half_widths(st.open_dataset().load(), ropts)
+            ok = refine.eligible(st.open_dataset(), ropts)
+            left = after[ok & np.isfinite(after)] if ok.any() else np.array([])
+            worst = float(np.nanmax(after[ok])) if ok.any() else float("nan")
+            report = dict(round=r, cells_refined=summ["cells_refined"], walkers_added=summ["walkers_added"],
+                          T_added=summ["T_added"], walker_steps=int(s.walker_steps), worst_ratio=worst,
+                          cells_above_target=int((after[ok] > 1).sum()), capped=summ["capped"],
+                          cells=int(spec.n_cells), finite_cells=int(left.size))
+            reports.append(report)
+            if opts.progress:
+                print(f"escape-sweep: {line}; {s.walker_steps:.3g} walker-steps; worst half-width / target left "
+                      f"{worst:.3g}; {report['cells_above_target']} cells above target", file=sys.stderr)
+            if spent >= ropts.max_walker_steps:
+                break
+    return reports
 
 
 LOCAL_CLUSTERS = ("local", "local-cuda")  # embedded clusters: their workers run on this host

@@ -236,6 +236,17 @@ def parse_spec(text: str, file: str = "<spec>", *, output: str | None = None, ye
     return spec
 
 
+def spec_text(spec: Spec) -> str:
+    """TOML text that parses back to `spec` exactly (axes as lists of the exact values): the spec a
+    grown or refined store records."""
+    lines = [f"name = {json.dumps(spec.name)}", f"seed = {spec.seed}", f"walkers = {spec.walkers}",
+             f"method = {json.dumps(spec.method)}", "", "[axes]"]
+    for a in AXES:
+        lines.append(f"{a} = [{', '.join(repr(v) for v in getattr(spec, a))}]")
+    lines += ["", "[output]", f"path = {json.dumps(spec.output)}", ""]
+    return "\n".join(lines)
+
+
 def load_spec(path, *, output: str | None = None, yes: bool = False) -> Spec:
     """Read and validate a spec file (TOML only, via tomllib)."""
     p = Path(path)
