@@ -129,13 +129,13 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output=None, yes:
     Order: take the store lock (a second run on the store is refused), check the store against
     the spec, connect to the workers, and only then create the store -- so a refused spec or
     an unreachable scheduler writes nothing. Every write checks the lock first."""
-    from .lock import StoreLock
+    from .lock import StoreLock, timeout_from_env
 
     opts = opts or RunOptions()
     spec = spec_or_path if isinstance(spec_or_path, Spec) else load_spec(spec_or_path, output=output, yes=yes)
     where = output if output is not None else spec.output
     t0 = time.perf_counter()
-    with StoreLock(where) as lock:
+    with StoreLock(where, timeout=timeout_from_env()) as lock:
         st = store.Store(where, guard=lock.check)
         chunks = check_store(spec, st, opts)
         fresh = chunks is None
