@@ -198,11 +198,18 @@ def _add_run_options(r):
     r.add_argument("--yes", action="store_true", help="accept a grid beyond the sanity limits")
 
 
+class _Parser(argparse.ArgumentParser):
+    """No prefix matching of long options (`--over` is not `--overwrite`), here and in every subcommand."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .deploy import cluster_names
 
-    p = argparse.ArgumentParser(prog="escape-sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="escape-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="run or resume a sweep into a Zarr cube")
@@ -214,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--jobs", type=int, help="batch clusters: number of jobs to scale to")
     r.add_argument("--jobqueue-config", metavar="YAML",
                    help="batch clusters: dask-jobqueue settings (default: $ESCAPE_SWEEP_JOBQUEUE, then cluster/<kind>/jobqueue.yaml)")
-    r.add_argument("--overwrite", action="store_true", help="replace a store made from a different spec")
+    r.add_argument("--overwrite", action="store_true", help="replace an escape-sweep store made from a different spec (never anything else)")
     r.add_argument("--retries", type=int, default=2, help="re-runs of a task that raised (default 2)")
     r.add_argument("--tls-ca-file", help="CA certificate (PEM) for TLS to the scheduler")
     r.add_argument("--tls-cert", help="client certificate (PEM)")

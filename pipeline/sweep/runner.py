@@ -78,7 +78,8 @@ class Summary:
 def check_store(spec: Spec, st: store.Store, opts: RunOptions) -> tuple[int, int, int, int] | None:
     """Chunk shape of an existing store of this spec (resume), or None if one must be created.
 
-    A store from another spec (or a non-cube directory) is refused unless overwrite is set.
+    A store from another spec is refused unless overwrite is set; anything that is not an
+    escape-sweep cube (a non-empty directory, a file) is refused always.
     Nothing is written here, so a refusal leaves the disk as it was."""
     if not st.exists():
         return None
@@ -91,8 +92,10 @@ def check_store(spec: Spec, st: store.Store, opts: RunOptions) -> tuple[int, int
                 f"{st.where}: store was made from a different spec (name {attrs.get('name')!r}, hash "
                 f"{str(attrs.get('spec_hash'))[:12]} != {spec.content_hash[:12]}); use --overwrite to replace it "
                 "or [output] path / --output to write elsewhere")
-    elif st.local and (not st.path.is_dir() or any(st.path.iterdir())) and not opts.overwrite:
-        raise StoreMismatch(f"{st.where}: exists and is not an escape-sweep cube; use --overwrite to replace it")
+    elif st.local and (not st.path.is_dir() or st.path.is_symlink() or any(st.path.iterdir())):
+        # --overwrite replaces only an escape-sweep cube, never some other directory or file
+        raise StoreMismatch(f"{st.where}: exists and is not an escape-sweep cube; refusing to write there "
+                            "(even with --overwrite); choose another [output] path / --output")
     return None
 
 

@@ -14,6 +14,7 @@ import datetime as _dt
 import math
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from importlib.metadata import PackageNotFoundError, version
@@ -126,8 +127,8 @@ class Store:
         ds, encoding = cube.skeleton(spec, chunks, edges, versions(), now())
         if self.local:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
+            # an unpredictable name, created exclusively (mode 0700): nothing planted there is followed
+            tmp = type(self.path)(tempfile.mkdtemp(prefix=f".{self.path.name}.new-", dir=self.path.parent))
             target = str(tmp)
         else:
             target = self._target
@@ -145,10 +146,12 @@ class Store:
             return
         self.guard()
         if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, old)
+            # os.replace cannot put a directory over a non-empty one: move the old store aside
+            # into a fresh private directory first, then remove it
+            aside = tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent)
+            os.replace(self.path, os.path.join(aside, "store"))
             os.replace(tmp, self.path)
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(tmp, self.path)
 

@@ -1,0 +1,149 @@
+"""Issue 15: never write into a store you no longer own; detect damage; refuse what cannot finish."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import assert_cubes_equal, write_spec
+from pipeline.cli import main
+from pipeline.sweep import store as cubemod
+from pipeline.sweep.lock import lock_path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = os.environ | {"PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT), "ESCAPE_SWEEP_LOCK_TIMEOUT": "1"}
+# a few seconds of kernel work on one worker, in tasks of ~0.2 s
+SLOW = dict(walkers=12000, T="{start = 0.006, stop = 0.009, num = 16}", steps="[100, 10000]", batch_size="[1]")
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=ENV)
+
+
+def _start(spec):
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(spec), "--workers", "1",
+                             "--task-seconds", "0.2", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env=ENV)
+
+
+def _wait_chunks(store, at_least, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            if cubemod.is_cube(store) and cubemod.chunk_count(store)[0] >= at_least:
+                return cubemod.chunk_count(store)[0]
+        except Exception:  # being created
+            pass
+        time.sleep(0.05)
+    raise AssertionError("no progress")
+
+
+@pytest.fixture
+def procs():
+    started = []
+    yield started
+    for p in started:
+        try:
+            os.killpg(p.pid, signal.SIGCONT)
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(timeout=30)
+
+
+def test_paused_run_keeps_its_lock_and_finishes_the_same_cube(tmp_path, procs):
+    f = write_spec(tmp_path, name="p", **SLOW)
+    g = write_spec(tmp_path, name="q", **(SLOW | dict(walkers=1000)), path=str(tmp_path / "p.zarr"))
+    store = tmp_path / "p.zarr"
+    a = _start(f)
+    procs.append(a)
+    _wait_chunks(store, 1, a)
+    os.killpg(a.pid, signal.SIGSTOP)  # Ctrl-Z: the run and its workers
+    try:
+        time.sleep(2.5)  # its heartbeat is older than the (test) timeout of 1 s
+        before = cubemod.chunk_count(store)[0]
+        for spec, extra in ((f, ()), (g, ("--overwrite",))):
+            b = _cli("run", spec, "--workers", "1", "-q", *extra)
+            assert b.returncode == 1, b.stderr
+            assert f"in use by another escape-sweep run (pid {a.pid}" in b.stderr
+            assert len(b.stderr.strip().splitlines()) == 1, b.stderr
+        assert cubemod.chunk_count(store)[0] == before and cubemod.read_attrs(store)["walkers"] == 12000
+    finally:
+        os.killpg(a.pid, signal.SIGCONT)
+    out, err = a.communicate(timeout=300)
+    assert a.returncode == 0, err
+    ref = _cli("run", write_spec(tmp_path, name="ref", **SLOW), "--workers", "1", "-q")
+    assert ref.returncode == 0, ref.stderr
+    assert_cubes_equal(store, tmp_path / "ref.zarr")
+
+
+def test_run_that_lost_its_lock_stops_without_writing(tmp_path, procs):
+    f = write_spec(tmp_path, name="p", **SLOW)
+    store = tmp_path / "p.zarr"
+    a = _start(f)
+    procs.append(a)
+    _wait_chunks(store, 1, a)
+    os.killpg(a.pid, signal.SIGSTOP)
+    # while it is paused, a run on another host sharing the filesystem judges it dead and takes over
+    other = dict(pid=4242, host="elsewhere.example", started=time.time(), heartbeat=time.time() + 3600,
+                 token="z" * 32)
+    lock_path(store).write_text(json.dumps(other))
+    done = cubemod.chunk_count(store)[0]
+    os.killpg(a.pid, signal.SIGCONT)
+    out, err = a.communicate(timeout=120)
+    assert a.returncode == 1, err
+    assert "lost the store lock" in err and "elsewhere.example" in err
+    ours = [l for l in err.splitlines() if l.startswith("escape-sweep")]  # (workers may log their cancelled task)
+    assert len(ours) == 1 and "Traceback" not in err, err
+    assert json.loads(lock_path(store).read_text()) == other  # neither rewritten nor removed
+    assert cubemod.chunk_count(store)[0] <= done + 1  # at most one write that passed its check before the pause
+
+
+def test_store_temp_dirs_ignore_planted_symlinks(tmp_path):
+    from pipeline.sweep import partition
+    from pipeline.sweep.spec import load_spec
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("precious")
+    spec = load_spec(write_spec(tmp_path, walkers=10))
+    for pid in range(os.getpid() - 2, os.getpid() + 3):  # the old predictable names
+        (tmp_path / f".t.zarr.new-{pid}").symlink_to(victim)
+        (tmp_path / f".t.zarr.old-{pid}").symlink_to(victim)
+    chunks = partition.chunk_shape(spec)
+    for _ in range(2):  # create, then replace
+        cubemod.Store(tmp_path / "t.zarr").create(spec, chunks, partition.spec_edges(spec),
+                                                  partition.chunk_grid(spec, chunks))
+    assert sorted(p.name for p in victim.iterdir()) == ["keep"] and (victim / "keep").read_text() == "precious"
+    assert cubemod.is_cube(tmp_path / "t.zarr")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".t.zarr.") and not p.is_symlink()
+                and "lock" not in p.name]
+
+
+def test_overwrite_replaces_only_a_cube_and_is_never_abbreviated(tmp_path, capsys):
+    f = write_spec(tmp_path, walkers=10)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "thesis.tex").write_text("mine")
+    assert main(["run", str(f), "-o", str(junk), "--overwrite", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "not an escape-sweep cube" in err and err.count("\n") == 1
+    assert (junk / "thesis.tex").read_text() == "mine"
+    (tmp_path / "afile").write_text("data")
+    assert main(["run", str(f), "-o", str(tmp_path / "afile"), "--overwrite", "-q"]) == 2
+    assert (tmp_path / "afile").read_text() == "data"
+    with pytest.raises(SystemExit) as e:
+        main(["run", str(f), "-o", str(junk), "--over", "-q"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --over" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["status", str(junk), "--max", "3"])
