@@ -45,8 +45,10 @@ def _run(args) -> int:
         raise InputError(f"--task-seconds {args.task_seconds}: must be > 0")
     if args.retries < 0:
         raise InputError(f"--retries {args.retries}: must be >= 0")
+    if args.repair and args.overwrite:
+        raise InputError("--repair and --overwrite: give one or the other")
     opts = RunOptions(cluster=_cluster_options(args), overwrite=args.overwrite, task_seconds=args.task_seconds,
-                      retries=args.retries, progress=not args.quiet)
+                      retries=args.retries, progress=not args.quiet, repair=args.repair)
     try:
         summary = run_sweep(spec, opts, output=args.output)
     except KeyboardInterrupt:
@@ -117,7 +119,13 @@ def _status(args) -> int:
     from .sweep import store
 
     ds = _open(args.store)
-    done = store.Store(args.store).done_mask()
+    st = store.Store(args.store)
+    problems = st.record_problems()
+    try:
+        done = st.done_mask()
+    except Exception:
+        raise InputError(f"{args.store}: escape-sweep cube without a readable completion record "
+                         f"({store.PROGRESS}/done): damaged; `escape-sweep run SPEC --overwrite` rebuilds it") from None
     chunks = tuple(ds.attrs["chunk_shape"])
     total, n_done = done.size, int(done.sum())
     missing = [tuple(int(i) for i in idx) for idx in zip(*(~done).nonzero())]
@@ -149,10 +157,36 @@ def _status(args) -> int:
         if len(missing) > len(show):
             lines.append(f"  ... {len(missing) - len(show)} more")
         lines.append("state: incomplete -- run the same spec again to resume")
-    else:
-        lines.append("state: complete")
+    elif not problems:
+        lines.append("state: complete (record checked; `escape-sweep verify` re-reads the data)")
+    for p in problems:
+        lines.append(f"damaged: {p}")
+    if problems:
+        lines.append("state: damaged -- `escape-sweep verify` lists the chunks, `run SPEC --repair` recomputes them")
     print("\n".join(lines))
-    return 0
+    return 1 if problems else 0
+
+
+def _verify(args) -> int:
+    """Re-read every done chunk against its digest and check its counts. Exit 1 if anything is damaged."""
+    from .sweep import store
+
+    _open(args.store)
+    st = store.Store(args.store)
+    rep = st.verify()
+    lines = [f"store: {args.store}"]
+    lines += [f"damaged: {p}" for p in rep["record"]]
+    lines.append(f"chunks checked: {rep['checked']}, damaged: {len(rep['damaged'])}"
+                 + ("" if rep["digests"] else " (a store made before digests: counts checked, values not)"))
+    for idx, why in rep["damaged"][: args.max_damaged]:
+        lines.append(f"  {list(idx)}: {why}")
+    if len(rep["damaged"]) > args.max_damaged:
+        lines.append(f"  ... {len(rep['damaged']) - args.max_damaged} more")
+    bad = rep["damaged"] or rep["record"]
+    lines.append("state: damaged -- `escape-sweep run SPEC --repair` recomputes the damaged chunks" if bad
+                 else "state: ok")
+    print("\n".join(lines))
+    return 1 if bad else 0
 
 
 def _fmt_range(vals) -> str:
@@ -170,7 +204,12 @@ def _query(args) -> int:
             raise InputError(f"--var {v}: no such variable; the cube has {', '.join(sorted(ds.data_vars))}")
     from .analysis.select import apply_range, apply_sel, parse_sel
 
-    sub = apply_range(apply_sel(ds[names], parse_sel(args.sel)), args.range).compute()
+    sub = apply_range(apply_sel(ds[names], parse_sel(args.sel)), args.range)
+    try:
+        sub = sub.compute()
+    except Exception as e:
+        raise RunError(f"{args.store}: cannot read the cube ({type(e).__name__}: {str(e)[:100]}): damaged? "
+                       "`escape-sweep verify` checks it") from None
 
     df = sub.to_dataframe().reset_index()
     cols = [d for d in AXES if d in df.columns] + [c for c in df.columns if c not in AXES and c in sub.dims]
@@ -222,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--jobqueue-config", metavar="YAML",
                    help="batch clusters: dask-jobqueue settings (default: $ESCAPE_SWEEP_JOBQUEUE, then cluster/<kind>/jobqueue.yaml)")
     r.add_argument("--overwrite", action="store_true", help="replace an escape-sweep store made from a different spec (never anything else)")
+    r.add_argument("--repair", action="store_true",
+                   help="verify the store of this spec first and recompute the chunks found damaged")
     r.add_argument("--retries", type=int, default=2, help="re-runs of a task that raised (default 2)")
     r.add_argument("--tls-ca-file", help="CA certificate (PEM) for TLS to the scheduler")
     r.add_argument("--tls-cert", help="client certificate (PEM)")
@@ -241,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("store", metavar="STORE")
     s.add_argument("--max-missing", type=int, default=20, help="missing chunks to list (default 20)")
     s.set_defaults(func=_status)
+
+    vf = sub.add_parser("verify", help="re-read every finished chunk: digests and count consistency (exit 1 if damaged)")
+    vf.add_argument("store", metavar="STORE")
+    vf.add_argument("--max-damaged", type=int, default=20, help="damaged chunks to list (default 20)")
+    vf.set_defaults(func=_verify)
 
     q = sub.add_parser("query", help="print variables of a cube as a table, CSV or JSON")
     q.add_argument("store", metavar="STORE")

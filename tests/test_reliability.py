@@ -147,3 +147,80 @@ def test_overwrite_replaces_only_a_cube_and_is_never_abbreviated(tmp_path, capsy
     assert "unrecognized arguments: --over" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["status", str(junk), "--max", "3"])
+
+
+@pytest.fixture(scope="module")
+def cluster1():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0") as c:
+        yield c.scheduler_address
+
+
+def _opts(address, **kw):
+    from pipeline.deploy import ClusterOptions
+    from pipeline.sweep.runner import RunOptions
+
+    return RunOptions(cluster=ClusterOptions(scheduler=address), progress=False, **kw)
+
+
+def test_damage_is_detected_by_status_verify_and_query_and_repaired(tmp_path, cluster1, capsys):
+    from pipeline import run_sweep
+
+    f = write_spec(tmp_path, walkers=300)  # 8 one-cell chunks over (T, batch_size)
+    run_sweep(str(f), _opts(cluster1))
+    run_sweep(str(write_spec(tmp_path, name="ref", walkers=300)), _opts(cluster1))
+    s = tmp_path / "t.zarr"
+    assert main(["verify", str(s)]) == 0
+    assert "chunks checked: 8, damaged: 0" in capsys.readouterr().out
+    trunc = s / "n_escaped/c/0/0/0/0/0"
+    trunc.write_bytes(trunc.read_bytes()[:7])  # truncated
+    a, b = s / "p_escape/c/1/0/0/0/0", s / "p_escape/c/2/0/0/0/0"
+    ab, bb = a.read_bytes(), b.read_bytes()
+    a.write_bytes(bb), b.write_bytes(ab)  # swapped
+    (s / "exposure/c/3/0/1/0/0").unlink()  # deleted (reads as fill values)
+    (s / "progress/done/c/0/1/0/0").write_bytes(b"\x00garbage\xff")  # garbage completion record
+    capsys.readouterr()
+    assert main(["status", str(s)]) == 1
+    out = capsys.readouterr().out
+    assert "state: complete" not in out and "damaged:" in out
+    assert main(["verify", str(s)]) == 1
+    out = capsys.readouterr().out
+    listed = {line.split(":")[0].strip() for line in out.splitlines() if line.startswith("  [")}
+    assert listed == {"[0, 0, 0, 0]", "[1, 0, 0, 0]", "[2, 0, 0, 0]", "[3, 1, 0, 0]", "[0, 1, 0, 0]"}, out
+    assert main(["query", str(s), "--var", "n_escaped"]) == 1
+    err = capsys.readouterr().err
+    assert "verify" in err and err.count("\n") == 1 and "Traceback" not in err
+    summary = run_sweep(str(f), _opts(cluster1, repair=True))
+    assert summary.complete and summary.chunks_computed == 5
+    assert main(["verify", str(s)]) == 0
+    assert_cubes_equal(s, tmp_path / "ref.zarr")
+
+
+def test_counts_that_cannot_be_right_are_flagged_without_digests(tmp_path, cluster1, capsys):
+    import zarr
+
+    from pipeline import run_sweep
+
+    f = write_spec(tmp_path, walkers=300)
+    run_sweep(str(f), _opts(cluster1))
+    s = tmp_path / "t.zarr"
+    g = zarr.open_group(str(s), mode="r+", use_consolidated=False)
+    del g["progress"]["digest"]  # a store from before digests: only the counts can be judged
+    n = g["n_escaped"][1, :, 0, 0, 0]
+    g["n_escaped"][1, :, 0, 0, 0] = n[::-1] + np.array([0, 400])  # decreasing in steps, > n_walkers
+    assert main(["verify", str(s)]) == 1
+    out = capsys.readouterr().out
+    assert "[1, 0, 0, 0]: n_escaped + n_diverged > n_walkers" in out and "values not" in out
+
+
+def test_status_of_a_store_without_a_completion_record(tmp_path, cluster1, capsys):
+    import shutil
+
+    from pipeline import run_sweep
+
+    run_sweep(str(write_spec(tmp_path, walkers=50)), _opts(cluster1))
+    shutil.rmtree(tmp_path / "t.zarr" / "progress" / "done")
+    assert main(["status", str(tmp_path / "t.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "completion record" in err and err.count("\n") == 1

@@ -32,6 +32,7 @@ class RunOptions:
     task_seconds: float = partition.DEFAULT_TASK_SECONDS
     retries: int = 2
     progress: bool = True
+    repair: bool = False  # verify the store first; recompute the damaged chunks
 
 
 @dataclass
@@ -146,6 +147,8 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output=None, yes:
             chunks = partition.chunk_shape(spec, opts.task_seconds)
             done = np.zeros(partition.chunk_grid(spec, chunks), bool)
         else:
+            if opts.repair:
+                repair(st, opts.progress)
             done = st.done_mask()
         pending = list(zip(*np.nonzero(~done)))
         summary = Summary(path=str(where), cells=spec.n_cells, walkers=spec.n_cells * spec.walkers,
@@ -162,6 +165,19 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output=None, yes:
             st.set_attrs(completed=store.now())
     summary.wall_seconds = time.perf_counter() - t0
     return summary
+
+
+def repair(st: store.Store, verbose: bool = True) -> int:
+    """Clear the completion record of every chunk `verify` finds damaged (the resume that follows
+    recomputes exactly those); returns how many."""
+    report = st.verify()
+    bad = [idx for idx, _ in report["damaged"]]
+    if bad:
+        st.clear_done(bad)
+    if verbose or bad:
+        print(f"escape-sweep: repair: {len(bad)} damaged chunk(s) of {report['checked'] + len(bad)} "
+              f"checked will be recomputed", file=sys.stderr)
+    return len(bad)
 
 
 def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, summary: Summary) -> None:
