@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
 import sys
 
 from .errors import InputError, RunError
@@ -28,6 +30,9 @@ def _cluster_options(args):
         raise InputError(f"--workers {args.workers}: must be >= 1")
     if args.jobs is not None and args.jobs < 1:
         raise InputError(f"--jobs {args.jobs}: must be >= 1")
+    if args.scheduler is not None and not re.match(r"^[a-z][a-z0-9+.-]*://[^\s/]+", args.scheduler):
+        raise InputError(f"--scheduler {args.scheduler!r}: must be an address with a scheme, "
+                         "like tcp://host:8786 or tls://host:8786")
     if args.scheduler and args.cluster != "local":
         raise InputError(f"--scheduler {args.scheduler} and --cluster {args.cluster}: give one or the other")
     security = make_security(args.tls_ca_file, args.tls_cert, args.tls_key)
@@ -41,8 +46,7 @@ def _run(args) -> int:
     from .sweep.runner import RunOptions, run_sweep
 
     spec = _load(args)
-    if args.task_seconds <= 0:
-        raise InputError(f"--task-seconds {args.task_seconds}: must be > 0")
+    _check_task_seconds(args.task_seconds)
     if args.retries < 0:
         raise InputError(f"--retries {args.retries}: must be >= 0")
     if args.repair and args.overwrite:
@@ -71,6 +75,11 @@ def _run(args) -> int:
     return 0
 
 
+def _check_task_seconds(value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise InputError(f"--task-seconds {value}: must be a finite number of seconds > 0")
+
+
 def _is_cube(path) -> bool:
     from .sweep.store import is_cube
 
@@ -84,6 +93,7 @@ def _validate(args) -> int:
 
     reports = []
     for path in args.spec:
+        _check_task_seconds(args.task_seconds)
         spec = load_spec(path, output=args.output, yes=args.yes)
         chunks = partition.chunk_shape(spec, args.task_seconds)
         n_chunks = math.prod(partition.chunk_grid(spec, chunks))
@@ -93,7 +103,9 @@ def _validate(args) -> int:
             axes={a: len(v) for a, v in spec.axes.items()}, cells=spec.n_cells, walkers_per_cell=spec.walkers,
             chunk_shape=list(chunks), chunks=n_chunks, tasks=n_chunks * blocks,
             walker_steps_upper_bound=spec.walker_steps_bound,
-            estimated_core_seconds_upper_bound=spec.walker_steps_bound / partition.KERNEL_RATE,
+            work_upper_bound=spec.work_bound,  # max(steps) in rounds of 64, x ceil(batch_size / 64) words
+            estimated_core_seconds_upper_bound=spec.work_bound / partition.KERNEL_RATE,
+            walkers_per_task_max=min(spec.walkers, partition.walker_blocks(spec, chunks, args.task_seconds)[0][1]),
             spec_hash=spec.content_hash))
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
@@ -319,6 +331,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `escape-sweep query ... | head`: the reader has gone; so do we, quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
     except InputError as e:
         print(f"escape-sweep: error: {e}", file=sys.stderr)
         return 2

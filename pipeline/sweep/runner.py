@@ -76,6 +76,19 @@ class Summary:
                 f"tasks submitted {self.tasks_submitted}")
 
 
+def _check_parent(where) -> None:
+    """A local store's nearest existing ancestor must be a directory (not a regular file)."""
+    from ..locations import is_path, local_path
+
+    if not is_path(where):
+        return
+    p = local_path(where).expanduser().absolute().parent
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise StoreMismatch(f"{where}: cannot create the store: {p} is not a directory")
+
+
 def check_store(spec: Spec, st: store.Store, opts: RunOptions) -> tuple[int, int, int, int] | None:
     """Chunk shape of an existing store of this spec (resume), or None if one must be created.
 
@@ -138,6 +151,7 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output=None, yes:
     opts = opts or RunOptions()
     spec = spec_or_path if isinstance(spec_or_path, Spec) else load_spec(spec_or_path, output=output, yes=yes)
     where = output if output is not None else spec.output
+    _check_parent(where)
     t0 = time.perf_counter()
     with StoreLock(where, timeout=timeout_from_env()) as lock:
         st = store.Store(where, guard=lock.check)
