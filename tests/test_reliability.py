@@ -224,3 +224,136 @@ def test_status_of_a_store_without_a_completion_record(tmp_path, cluster1, capsy
     assert main(["status", str(tmp_path / "t.zarr")]) == 2
     err = capsys.readouterr().err
     assert "completion record" in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- cost model and limits (items 5-7)
+def _spec_text(walkers=100, T="[0.015]", steps="[100]", B="[1]", depth="[1.0]", width="[0.1]", name="s", extra=""):
+    return (f'name = "{name}"\n{extra}walkers = {walkers}\n[axes]\nT = {T}\nsteps = {steps}\nbatch_size = {B}\n'
+            f"depth = {depth}\nwidth = {width}\n")
+
+
+def test_walker_blocks_bounded_by_memory_and_lazy():
+    from pipeline.sweep import partition
+    from pipeline.sweep.planner import StaticPlanner
+    from pipeline.sweep.spec import parse_spec
+
+    spec = parse_spec(_spec_text(walkers=10**8, T="[0.01, 0.02]", steps="[1]"))
+    assert spec.cost_steps == 64 and spec.work_bound == 2 * 10**8 * 64
+    chunks = partition.chunk_shape(spec)
+    assert chunks == (1, 1, 1, 1)
+    blocks = partition.walker_blocks(spec, chunks)
+    assert max(c for _, c in blocks) <= partition.MAX_BLOCK_WALKERS and sum(c for _, c in blocks) == 10**8
+    huge = parse_spec(_spec_text(walkers=2**55, steps="[1]"), yes=True)
+    blocks = partition.walker_blocks(huge, partition.chunk_shape(huge))
+    assert len(blocks) > 10**9 and blocks[-1][0] + blocks[-1][1] == 2**55  # computed, never listed
+    planner = StaticPlanner(huge, partition.chunk_shape(huge), [(0, 0, 0, 0)])
+    t = planner.ask(3)
+    assert [x.walker_start for x in t] == [0, blocks[1][0], blocks[2][0]] and t[0].n_blocks == len(blocks)
+
+
+def test_batch_size_in_the_cost_model_and_limits():
+    from pipeline.errors import SpecError
+    from pipeline.sweep import partition
+    from pipeline.sweep.spec import parse_spec
+
+    a = parse_spec(_spec_text(walkers=1000, steps="[1000]", B="[64]"))
+    b = parse_spec(_spec_text(walkers=1000, steps="[1000]", B="[6400]"))
+    assert b.work_bound == 100 * a.work_bound
+    assert partition.walker_blocks(b, (1, 1, 1, 1), 1e-3)[0][1] < partition.walker_blocks(a, (1, 1, 1, 1), 1e-3)[0][1]
+    with pytest.raises(SpecError, match=r"axes.batch_size = 2097152: .*2\^20.*--yes"):
+        parse_spec(_spec_text(walkers=1, B="[2097152]"))
+    parse_spec(_spec_text(walkers=1, B="[2097152]"), yes=True)
+    with pytest.raises(SpecError, match="sanity limits"):  # 1e10 walker-steps of work, x 16384 words
+        parse_spec(_spec_text(walkers=10**6, steps="[10000]", B="[1048576]"))
+
+
+def test_validation_refuses_before_building_and_caps(tmp_path):
+    from pipeline.errors import SpecError
+    from pipeline.sweep.spec import parse_spec
+
+    t0 = time.process_time()
+    with pytest.raises(SpecError, match="20000000 cells: larger than the sanity limit"):
+        parse_spec(_spec_text(T="{start = 0.01, stop = 0.02, num = 20000000}"))
+    with pytest.raises(SpecError, match="axes.T.num = 2000000000: at most 10000000 values per axis"):
+        parse_spec(_spec_text(T="{start = 0.01, stop = 0.02, num = 2000000000}"), yes=True)
+    with pytest.raises(SpecError, match="cells"):
+        parse_spec(_spec_text(T="{start = 0.01, stop = 0.02, num = 2000}", B="{start = 1, stop = 2000, num = 2000}"))
+    with pytest.raises(SpecError, match=r"walkers = 1180591620717411303424: .*2\^62"):
+        parse_spec(_spec_text(walkers=2**70), yes=True)
+    with pytest.raises(SpecError, match="2\\^62"):
+        parse_spec(_spec_text(walkers=1, steps=f"[{2**63 - 1}]"), yes=True)
+    assert time.process_time() - t0 < 5  # nothing big was built (CPU time, generous)
+
+
+def test_each_pit_is_found_once(monkeypatch):
+    from pipeline.sweep import spec as specmod
+
+    calls = []
+    real = specmod.find_pit
+    monkeypatch.setattr(specmod, "_find_pit", __import__("functools").lru_cache(None)(
+        lambda d, w: calls.append((d, w)) or real(d, w)))
+    s = specmod.parse_spec(_spec_text(depth="[1.0, 1.5]", width="[0.1, 0.12]"))
+    s.pits(), s.pits()
+    from pipeline.sweep.cube import skeleton
+
+    skeleton(s, (1, 1, 1, 1), [1, 2, 101], {}, "now")
+    assert sorted(calls) == sorted((d, w) for d in (1.0, 1.5) for w in (0.1, 0.12))
+
+
+# ---------------------------------------------------------------- one clear line, exit 2 (low items)
+@pytest.mark.parametrize("case", ["non-utf8", "nul-name", "slash-name", "dotdot-name", "ctrl-name", "huge-width",
+                                  "near-duplicate", "task-nan", "task-inf", "task-neg", "scheduler-noscheme",
+                                  "parent-is-file", "nul-output"])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, case):
+    f = tmp_path / "s.toml"
+    f.write_text(_spec_text(walkers=10) + f'[output]\npath = "{tmp_path / "s.zarr"}"\n')
+    argv = ["validate", str(f)]
+    if case == "non-utf8":
+        f.write_bytes(b'name = "caf\xe9"\n' + _spec_text(walkers=10).split("\n", 1)[1].encode())
+    elif case.endswith("-name"):
+        name = {"nul": "a\\u0000b", "slash": "a/b", "dotdot": "../../x", "ctrl": "a\\nb"}[case.split("-")[0]]
+        f.write_text(_spec_text(walkers=10, name=name))
+    elif case == "huge-width":
+        f.write_text(_spec_text(walkers=10, width="[1e300]"))
+    elif case == "near-duplicate":
+        f.write_text(_spec_text(walkers=10, T="[0.015, 0.0150000001]"))
+    elif case.startswith("task-"):
+        argv += ["--task-seconds", {"task-nan": "nan", "task-inf": "inf", "task-neg": "-1"}[case]]
+    elif case == "scheduler-noscheme":
+        argv = ["run", str(f), "--scheduler", "foo", "-q"]
+    elif case == "parent-is-file":
+        (tmp_path / "plain").write_text("x")
+        argv = ["run", str(f), "-q", "-o", str(tmp_path / "plain" / "s.zarr")]
+    elif case == "nul-output":
+        argv += ["-o", "a\0b.zarr"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("escape-sweep: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_bom_spec_is_read(tmp_path, capsys):
+    f = tmp_path / "s.toml"
+    f.write_bytes("\ufeff".encode() + _spec_text(walkers=10).encode())
+    assert main(["validate", str(f)]) == 0
+
+
+def test_query_into_a_closed_pipe_exits_quietly(tmp_path, cluster1):
+    from pipeline import run_sweep
+
+    run_sweep(str(write_spec(tmp_path, walkers=50, T="{start = 0.01, stop = 0.03, num = 200}", batch_size="[1]")),
+              _opts(cluster1))
+    p = subprocess.run(f"{sys.executable} -m pipeline query {tmp_path / 't.zarr'} --format csv | head -1",
+                       shell=True, capture_output=True, text=True, timeout=120, env=ENV)
+    assert p.stdout.startswith("T,steps") and p.stderr == "", p.stderr
+
+
+def test_leftover_temporary_stores_are_removed_on_the_next_run(tmp_path, cluster1, capsys):
+    from pipeline import run_sweep
+
+    f = write_spec(tmp_path, walkers=20)
+    for n in (".t.zarr.new-123", ".t.zarr.old-456abc"):
+        (tmp_path / n / "c").mkdir(parents=True)
+    run_sweep(str(f), _opts(cluster1))
+    assert not (tmp_path / ".t.zarr.new-123").exists() and not (tmp_path / ".t.zarr.old-456abc").exists()
+    assert "removed 2 temporary store(s)" in capsys.readouterr().err

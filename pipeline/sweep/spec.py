@@ -43,7 +43,7 @@ MAX_BATCH = 2**20  # a batch this large costs 16384 random words per step; beyon
 HARD_MAX_AXIS = 10**7  # values of one axis, even with --yes (the coordinate arrays live in memory)
 HARD_MAX_COUNT = 2**62  # walkers x max(steps) must fit the int64 exposure, even with --yes
 LANE_STEPS = 64  # the kernel steps walkers in rounds of 64: a smaller budget costs 64 steps
-REL_DUPLICATE = 1e-9  # float axis values closer than this (relative) are one value typed twice
+REL_DUPLICATE = 1e-8  # float axis values closer than this (relative) are one value typed twice (0.015, 0.0150000001)
 
 # each (depth, width) pit is found once per process, however often a spec asks
 _find_pit = functools.lru_cache(maxsize=4096)(find_pit)

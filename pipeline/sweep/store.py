@@ -164,6 +164,7 @@ class Store:
         ds, encoding = cube.skeleton(spec, chunks, edges, versions(), now())
         if self.local:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.remove_leftovers()
             # an unpredictable name, created exclusively (mode 0700): nothing planted there is followed
             tmp = type(self.path)(tempfile.mkdtemp(prefix=f".{self.path.name}.new-", dir=self.path.parent))
             target = str(tmp)
@@ -194,6 +195,24 @@ class Store:
             shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(tmp, self.path)
+
+    def remove_leftovers(self) -> list[str]:
+        """Remove temporary stores (`.NAME.new-*`, `.NAME.old-*`) a crashed run left beside this one.
+        Called under the store lock, so no live run is building them; symlinks are left alone."""
+        if not self.local or not self.path.parent.is_dir():
+            return []
+        gone = []
+        for p in self.path.parent.iterdir():
+            if (p.name.startswith(f".{self.path.name}.new-") or p.name.startswith(f".{self.path.name}.old-")) \
+                    and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+                gone.append(p.name)
+        if gone:
+            import sys
+
+            print(f"escape-sweep: note: removed {len(gone)} temporary store(s) left by a crashed run beside "
+                  f"{self.path}: {', '.join(sorted(gone))}", file=sys.stderr)
+        return gone
 
     def write_chunk(self, index, slices, counts: dict, edges, method: str, walkers: int, group=None) -> None:
         """Every variable of one chunk (slices along T, batch_size, depth, width), then its
