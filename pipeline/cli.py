@@ -323,7 +323,39 @@ def build_parser() -> argparse.ArgumentParser:
     from .analysis.commands import add_parsers
 
     add_parsers(sub)
+    for name, wrap in (("fit", _fit_locked), ("plot", _file_output), ("report", _file_output)):
+        if name in sub.choices:
+            sub.choices[name].set_defaults(func=wrap(sub.choices[name].get_default("func")))
     return p
+
+
+def _fit_locked(func):
+    """`fit` writes the store's fits/ group: under the store lock, like `run` (a live run refuses it)."""
+
+    def fit(args) -> int:
+        from .sweep import store
+        from .sweep.lock import StoreLock, timeout_from_env
+
+        if getattr(args, "no_save", False) or not store.Store(args.store).local or not store.is_cube(args.store):
+            return func(args)  # nothing written (or not a cube: the command says so)
+        with StoreLock(args.store, timeout=timeout_from_env()):
+            return func(args)
+
+    return fit
+
+
+def _file_output(func):
+    """plot / report write one file: -o must not name a directory."""
+
+    def run(args) -> int:
+        out = getattr(args, "output", None)
+        if out is not None and os.path.isdir(out):
+            raise InputError(f"-o {out}: is a directory; give a file name (e.g. {os.path.join(out, 'fig.png')})")
+        if out is not None and "\0" in out:
+            raise InputError(f"-o {out!r}: must not contain NUL")
+        return func(args)
+
+    return run
 
 
 def main(argv=None) -> int:

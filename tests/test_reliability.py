@@ -357,3 +357,25 @@ def test_leftover_temporary_stores_are_removed_on_the_next_run(tmp_path, cluster
     run_sweep(str(f), _opts(cluster1))
     assert not (tmp_path / ".t.zarr.new-123").exists() and not (tmp_path / ".t.zarr.old-456abc").exists()
     assert "removed 2 temporary store(s)" in capsys.readouterr().err
+
+
+def test_fit_takes_the_lock_plot_report_need_a_file_sel_needs_finite(tmp_path, cluster1, capsys):
+    from pipeline import run_sweep
+    from pipeline.sweep.lock import StoreLock
+
+    run_sweep(str(write_spec(tmp_path, walkers=200)), _opts(cluster1))
+    s = str(tmp_path / "t.zarr")
+    capsys.readouterr()
+    with StoreLock(s):  # a live run holds the store
+        assert main(["fit", s]) == 1
+        err = capsys.readouterr().err
+        assert "in use by another escape-sweep run" in err and err.count("\n") == 1
+        assert not (tmp_path / "t.zarr" / "fits").exists()
+    assert main(["fit", s]) == 0 and (tmp_path / "t.zarr" / "fits").exists()
+    capsys.readouterr()
+    for argv in (["plot", s, "--preset", "p_escape", "-o", str(tmp_path)], ["report", s, "-o", str(tmp_path)],
+                 ["query", s, "--sel", "T=inf"], ["plot", s, "--x", "T", "--y", "p_escape", "--sel", "steps=nan",
+                                                   "-o", str(tmp_path / "f.png")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("escape-sweep: error: ") and err.count("\n") == 1, err
