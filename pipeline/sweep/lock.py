@@ -214,7 +214,12 @@ class StoreLock:
         try:
             fd = os.open(mutex, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o600)
         except FileExistsError:
-            return  # a takeover (or another beat) is under way: judge at the next beat
+            try:  # left by a crashed taker: clear it, beat next time
+                if time.time() - mutex.stat().st_mtime > _TAKEOVER_STALE_S:
+                    mutex.unlink()
+            except OSError:
+                pass
+            return  # a takeover is under way: judge at the next beat
         os.close(fd)
         try:
             rec = self.read()
