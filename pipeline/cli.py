@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
 import sys
 
 from .errors import InputError, RunError
@@ -28,6 +30,9 @@ def _cluster_options(args):
         raise InputError(f"--workers {args.workers}: must be >= 1")
     if args.jobs is not None and args.jobs < 1:
         raise InputError(f"--jobs {args.jobs}: must be >= 1")
+    if args.scheduler is not None and not re.match(r"^[a-z][a-z0-9+.-]*://[^\s/]+", args.scheduler):
+        raise InputError(f"--scheduler {args.scheduler!r}: must be an address with a scheme, "
+                         "like tcp://host:8786 or tls://host:8786")
     if args.scheduler and args.cluster != "local":
         raise InputError(f"--scheduler {args.scheduler} and --cluster {args.cluster}: give one or the other")
     security = make_security(args.tls_ca_file, args.tls_cert, args.tls_key)
@@ -39,14 +44,16 @@ def _cluster_options(args):
 
 def _run(args) -> int:
     spec = _load(args)
-    if args.task_seconds <= 0:
-        raise InputError(f"--task-seconds {args.task_seconds}: must be > 0")
+    _check_task_seconds(args.task_seconds)
     if args.retries < 0:
         raise InputError(f"--retries {args.retries}: must be >= 0")
+    if args.repair and args.overwrite:
+        raise InputError("--repair and --overwrite: give one or the other")
     from .sweep.runner import RunOptions, run_sweep  # numba, dask: only once the input is good
 
     opts = RunOptions(cluster=_cluster_options(args), overwrite=args.overwrite, task_seconds=args.task_seconds,
-                      retries=args.retries, progress=not args.quiet, backend=args.backend)
+                      retries=args.retries, progress=not args.quiet, backend=args.backend,
+                      repair=args.repair)
     try:
         summary = run_sweep(spec, opts, output=args.output)
     except KeyboardInterrupt:
@@ -69,6 +76,11 @@ def _run(args) -> int:
     return 0
 
 
+def _check_task_seconds(value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise InputError(f"--task-seconds {value}: must be a finite number of seconds > 0")
+
+
 def _is_cube(path) -> bool:
     from .sweep.store import is_cube
 
@@ -79,6 +91,7 @@ def _validate(args) -> int:
     """Check each spec; print grid, chunking, tasks and a work bound. Exit 2 at the first bad one."""
     from .sweep.spec import load_spec
 
+    _check_task_seconds(args.task_seconds)
     specs = [(path, load_spec(path, output=args.output, yes=args.yes)) for path in args.spec]
     from .sweep import partition  # numba: only once every spec is good
 
@@ -92,7 +105,9 @@ def _validate(args) -> int:
             axes={a: len(v) for a, v in spec.axes.items()}, cells=spec.n_cells, walkers_per_cell=spec.walkers,
             chunk_shape=list(chunks), chunks=n_chunks, tasks=n_chunks * blocks,
             walker_steps_upper_bound=spec.walker_steps_bound,
-            estimated_core_seconds_upper_bound=spec.walker_steps_bound / partition.KERNEL_RATE,
+            work_upper_bound=spec.work_bound,  # max(steps) in rounds of 64, x ceil(batch_size / 64) words
+            estimated_core_seconds_upper_bound=spec.work_bound / partition.KERNEL_RATE,
+            walkers_per_task_max=min(spec.walkers, partition.walker_blocks(spec, chunks, args.task_seconds)[0][1]),
             spec_hash=spec.content_hash))
         if args.store:
             from .sweep import grow, store
@@ -131,8 +146,7 @@ def _refine(args) -> int:
         raise InputError(f"--max-walker-steps {args.max_walker_steps}: must be > 0")
     if args.add_T < 0 or args.rounds < 1:
         raise InputError(f"--add-T {args.add_T} / --rounds {args.rounds}: need --add-T >= 0 and --rounds >= 1")
-    if not (math.isfinite(args.task_seconds) and args.task_seconds > 0):
-        raise InputError(f"--task-seconds {args.task_seconds}: must be a finite number > 0")
+    _check_task_seconds(args.task_seconds)
     t_range = parse_range(args.t_range) if args.t_range else None
     allowed = None
     if args.sel or args.range:
@@ -180,7 +194,13 @@ def _status(args) -> int:
     from .sweep import store
 
     ds = _open(args.store)
-    done = store.Store(args.store).done_mask()
+    st = store.Store(args.store)
+    problems = st.record_problems()
+    try:
+        done = st.done_mask()
+    except Exception:
+        raise InputError(f"{args.store}: escape-sweep cube without a readable completion record "
+                         f"({store.PROGRESS}/done): damaged; `escape-sweep run SPEC --overwrite` rebuilds it") from None
     chunks = tuple(ds.attrs["chunk_shape"])
     total, n_done = done.size, int(done.sum())
     missing = [tuple(int(i) for i in idx) for idx in zip(*(~done).nonzero())]
@@ -212,8 +232,12 @@ def _status(args) -> int:
         if len(missing) > len(show):
             lines.append(f"  ... {len(missing) - len(show)} more")
         lines.append("state: incomplete -- run the same spec again to resume")
-    else:
-        lines.append("state: complete")
+    elif not problems:
+        lines.append("state: complete (record checked; `escape-sweep verify` re-reads the data)")
+    for p in problems:
+        lines.append(f"damaged: {p}")
+    if problems:
+        lines.append("state: damaged -- `escape-sweep verify` lists the chunks, `run SPEC --repair` recomputes them")
     from .sweep.grow import history
 
     for h in history(ds.attrs):
@@ -222,11 +246,33 @@ def _status(args) -> int:
         more = f"; walkers {w[0]} -> {w[1]}" if w[0] != w[1] else ""
         extra = f"; {h['summary']}" if h.get("summary") else ""
         lines.append(f"history: {h.get('at', '?')} {h.get('op', '?')}: {what or 'no new values'}{more}{extra}")
-    computed_by = store.Store(args.store).backend_counts()
+    computed_by = st.backend_counts()
     if computed_by:
         lines.append("computed by: " + ", ".join(f"{k} {v} chunks" for k, v in computed_by.items()))
     print("\n".join(lines))
-    return 0
+    return 1 if problems else 0
+
+
+def _verify(args) -> int:
+    """Re-read every done chunk against its digest and check its counts. Exit 1 if anything is damaged."""
+    from .sweep import store
+
+    _open(args.store)
+    st = store.Store(args.store)
+    rep = st.verify()
+    lines = [f"store: {args.store}"]
+    lines += [f"damaged: {p}" for p in rep["record"]]
+    lines.append(f"chunks checked: {rep['checked']}, damaged: {len(rep['damaged'])}"
+                 + ("" if rep["digests"] else " (a store made before digests: counts checked, values not)"))
+    for idx, why in rep["damaged"][: args.max_damaged]:
+        lines.append(f"  {list(idx)}: {why}")
+    if len(rep["damaged"]) > args.max_damaged:
+        lines.append(f"  ... {len(rep['damaged']) - args.max_damaged} more")
+    bad = rep["damaged"] or rep["record"]
+    lines.append("state: damaged -- `escape-sweep run SPEC --repair` recomputes the damaged chunks" if bad
+                 else "state: ok")
+    print("\n".join(lines))
+    return 1 if bad else 0
 
 
 def _fmt_range(vals) -> str:
@@ -244,7 +290,12 @@ def _query(args) -> int:
             raise InputError(f"--var {v}: no such variable; the cube has {', '.join(sorted(ds.data_vars))}")
     from .analysis.select import apply_range, apply_sel, parse_sel
 
-    sub = apply_range(apply_sel(ds[names], parse_sel(args.sel)), args.range).compute()
+    sub = apply_range(apply_sel(ds[names], parse_sel(args.sel)), args.range)
+    try:
+        sub = sub.compute()
+    except Exception as e:
+        raise RunError(f"{args.store}: cannot read the cube ({type(e).__name__}: {str(e)[:100]}): damaged? "
+                       "`escape-sweep verify` checks it") from None
 
     df = sub.to_dataframe().reset_index()
     cols = [d for d in AXES if d in df.columns] + [c for c in df.columns if c not in AXES and c in sub.dims]
@@ -292,18 +343,28 @@ def _add_worker_options(r, clusters, backend_names) -> None:
                         "workers that have a GPU, else cpu); the numbers are the same (default: cpu)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """No prefix matching of long options (`--over` is not `--overwrite`), here and in every subcommand."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .deploy import cluster_names
     from .model.backends import choices as backend_choices
 
-    p = argparse.ArgumentParser(prog="escape-sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="escape-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="run, resume or grow a sweep into a Zarr cube")
     _add_run_options(r)
     _add_worker_options(r, cluster_names(), backend_choices())
-    r.add_argument("--overwrite", action="store_true", help="replace a store made from a different spec")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace an escape-sweep store made from a different spec (never anything else)")
+    r.add_argument("--repair", action="store_true",
+                   help="verify the store of this spec first and recompute the chunks found damaged")
     r.set_defaults(func=_run)
 
     f = sub.add_parser("refine", help="add walkers where intervals are wide, and T values where ln tau(1/T) "
@@ -345,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-missing", type=int, default=20, help="missing chunks to list (default 20)")
     s.set_defaults(func=_status)
 
+    vf = sub.add_parser("verify", help="re-read every finished chunk: digests and count consistency (exit 1 if damaged)")
+    vf.add_argument("store", metavar="STORE")
+    vf.add_argument("--max-damaged", type=int, default=20, help="damaged chunks to list (default 20)")
+    vf.set_defaults(func=_verify)
+
     q = sub.add_parser("query", help="print variables of a cube as a table, CSV or JSON")
     q.add_argument("store", metavar="STORE")
     q.add_argument("--var", nargs="+", action="extend", help="variables (default p_escape, log10_escape_time)")
@@ -370,7 +436,39 @@ def build_parser() -> argparse.ArgumentParser:
     from .analysis.commands import add_parsers
 
     add_parsers(sub)
+    for name, wrap in (("fit", _fit_locked), ("plot", _file_output), ("report", _file_output)):
+        if name in sub.choices:
+            sub.choices[name].set_defaults(func=wrap(sub.choices[name].get_default("func")))
     return p
+
+
+def _fit_locked(func):
+    """`fit` writes the store's fits/ group: under the store lock, like `run` (a live run refuses it)."""
+
+    def fit(args) -> int:
+        from .sweep import store
+        from .sweep.lock import StoreLock, timeout_from_env
+
+        if getattr(args, "no_save", False) or not store.Store(args.store).local or not store.is_cube(args.store):
+            return func(args)  # nothing written (or not a cube: the command says so)
+        with StoreLock(args.store, timeout=timeout_from_env()):
+            return func(args)
+
+    return fit
+
+
+def _file_output(func):
+    """plot / report write one file: -o must not name a directory."""
+
+    def run(args) -> int:
+        out = getattr(args, "output", None)
+        if out is not None and os.path.isdir(out):
+            raise InputError(f"-o {out}: is a directory; give a file name (e.g. {os.path.join(out, 'fig.png')})")
+        if out is not None and "\0" in out:
+            raise InputError(f"-o {out!r}: must not contain NUL")
+        return func(args)
+
+    return run
 
 
 def main(argv=None) -> int:
@@ -378,6 +476,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `escape-sweep query ... | head`: the reader has gone; so do we, quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
     except InputError as e:
         print(f"escape-sweep: error: {e}", file=sys.stderr)
         return 2

@@ -73,15 +73,64 @@ def test_lock_file_beside_the_store_with_holder_record(tmp_path):
     assert not lk.path.exists()
 
 
-def test_heartbeat_refreshes_and_recreates_a_deleted_lock(tmp_path):
+def test_heartbeat_refreshes_and_never_recreates_a_deleted_lock(tmp_path):
     with StoreLock(tmp_path / "x.zarr", interval=0.1) as lk:
         first = json.loads(lk.path.read_text())["heartbeat"]
         time.sleep(0.5)
         assert json.loads(lk.path.read_text())["heartbeat"] > first
-        lk.path.unlink()  # e.g. someone cleaned the directory
-        time.sleep(0.5)
-        assert json.loads(lk.path.read_text())["token"] == lk.token
         lk.check()
+        lk.path.unlink()  # e.g. someone cleaned the directory: nobody can say who held it since
+        time.sleep(0.5)
+        assert not lk.path.exists()
+        with pytest.raises(LockedError, match="lost the store lock"):
+            lk.check()
+
+
+def test_check_reads_the_token_from_the_file(tmp_path):
+    with StoreLock(tmp_path / "x.zarr", interval=60) as lk:  # no heartbeat in between
+        lk.check()
+        rec = json.loads(lk.path.read_text())
+        lk.path.write_text(json.dumps(rec | {"token": "y" * 32, "pid": 4242}))
+        with pytest.raises(LockedError, match="taken over by pid 4242"):
+            lk.check()
+        assert json.loads(lk.path.read_text())["token"] == "y" * 32
+    assert json.loads(lk.path.read_text())["token"] == "y" * 32  # release leaves another's lock alone
+
+
+def test_lock_file_mode_and_heartbeat_temp_file_ignore_planted_symlinks(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    store = tmp_path / "x.zarr"
+    lk = StoreLock(store, interval=0.05)
+    # the old predictable temp name, and the lock path itself's would-be neighbours
+    (tmp_path / f".x.zarr.escape-sweep.lock.{lk.token}.tmp").symlink_to(victim)
+    with lk:
+        assert (lk.path.stat().st_mode & 0o777) == 0o600
+        time.sleep(0.4)  # several heartbeats
+        lk.check()
+        assert (lk.path.stat().st_mode & 0o777) == 0o600
+    assert victim.read_text() == "precious"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp") and not p.is_symlink()] == []
+    # a symlink planted at the lock path is not followed either
+    lock_path(store).symlink_to(victim)
+    with pytest.raises(LockedError):
+        StoreLock(store, timeout=3600).acquire()
+    assert victim.read_text() == "precious"
+
+
+def test_live_holder_on_this_host_is_never_stale(tmp_path, procs):
+    store = tmp_path / "x.zarr"
+    holder = _start_holder(procs, store, timeout=0.5)
+    os.kill(holder.pid, signal.SIGSTOP)
+    try:
+        time.sleep(1.5)  # its heartbeat is three timeouts old
+        rec = json.loads(lock_path(store).read_text())
+        assert time.time() - rec["heartbeat"] > 1.0
+        with pytest.raises(LockedError, match="in use by another"):
+            StoreLock(store, timeout=0.5).acquire()
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+    assert json.loads(lock_path(store).read_text())["token"] == rec["token"]
 
 
 def test_second_lock_in_one_process_is_refused(tmp_path):

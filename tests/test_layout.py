@@ -98,7 +98,7 @@ def test_every_gradient_is_the_landscapes(x, k, B, depth, width):
     want = landscape.g0(x) + (k / B) * landscape.gpit(x, depth, width)
     scale = abs(landscape.g0(x)) + (k / B) * abs(landscape.gpit(x, depth, width)) + 1e-300
     for got in (_kernel_gradient(x, float(k), B, depth, width), reference.gradient(x, k / B, depth, width)):
-        assert abs(got - want) <= 1e-13 * scale
+        assert abs(got - want) <= 1e-13 * scale + 1e-280  # the kernel's exp clamps at exp(-700) ~ 1e-304
 
 
 def test_cube_is_bit_identical_to_before_the_layout_change(tmp_path):

@@ -7,6 +7,8 @@ LO <= value <= HI (either end may be empty). Bad requests raise SelectionError, 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import xarray as xr
 
@@ -29,6 +31,8 @@ def parse_sel(items) -> dict:
             raise SelectionError(f"--sel {item!r}: {text!r} is not a number (or comma-separated numbers)") from None
         if not vals:
             raise SelectionError(f"--sel {item!r}: no value after '='")
+        if not all(math.isfinite(v) for v in vals):
+            raise SelectionError(f"--sel {item!r}: values must be finite numbers")
         out[dim] = vals[0] if len(vals) == 1 else vals
     return out
 

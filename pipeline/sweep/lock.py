@@ -6,12 +6,19 @@
 creates the lock file `lock_path(store)` -- `results/.x.zarr.escape-sweep.lock`, beside the
 store rather than inside it, because `cube.create` builds a new store beside the old one and
 renames it into place, which would carry a lock inside the store away -- atomically
-(O_CREAT|O_EXCL), holding JSON {pid, host, started, heartbeat, token, pid_started}. A
-daemon thread refreshes `heartbeat` every `interval` seconds (and recreates the file if
-something deleted it). A lock is *stale*, and is taken over with a note on stderr, when
-its holder ran on this host and that process is gone (pid dead, or reused by a younger
-process), or when its heartbeat is older than `timeout` seconds (a holder on another host
-sharing the filesystem, or a hung one). A live holder raises `LockedError`.
+(O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600), holding JSON {pid, host, started, heartbeat, token,
+pid_started}. A daemon thread refreshes `heartbeat` every `interval` seconds through a temporary
+file with an unpredictable name (`tempfile.mkstemp` beside the lock) renamed over it. A lock is
+*stale*, and is taken over with a note on stderr, when its holder ran on this host and that
+process is gone (pid dead, or reused by a younger process), or -- for a holder on another host
+sharing the filesystem only -- when its heartbeat is older than `timeout` seconds. A live holder
+on this host is never stale, however old its heartbeat (a run paused by SIGSTOP, Ctrl-Z or a
+debugger keeps its lock). A live holder raises `LockedError`.
+
+`check()` (the store's guard, called before every write) reads the lock file and compares the
+token: a process writes only while the file on disk is its own. A holder that finds its lock
+gone or replaced has lost it for good: the heartbeat never recreates a lock file that vanished
+(it cannot know that nobody held the store in between), and `check()` raises `LockedError`.
 
 Clocks: the heartbeat age is this host's clock minus the holder's; hosts sharing a store
 should run NTP. Object-store URLs (s3://, gs://, ...) are not locked (no atomic create):
@@ -24,19 +31,36 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import LockedError
+from ..errors import InputError, LockedError
 from ..locations import is_path, local_path
 
 LOCK_SUFFIX = ".escape-sweep.lock"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_INTERVAL = 5.0
 _TAKEOVER_STALE_S = 30.0  # a takeover mutex older than this was left by a crashed taker
+TIMEOUT_ENV = "ESCAPE_SWEEP_LOCK_TIMEOUT"  # seconds; overrides DEFAULT_TIMEOUT (tests use a short one)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def timeout_from_env() -> float:
+    """The stale-heartbeat timeout: $ESCAPE_SWEEP_LOCK_TIMEOUT seconds if set, else 60."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < float("inf")):
+        raise InputError(f"${TIMEOUT_ENV} = {raw!r}: must be a number of seconds > 0")
+    return value
 
 
 def _iso(t: float) -> str:
@@ -137,6 +161,7 @@ class StoreLock:
             actual = _proc_start(pid)
             if isinstance(started, (int, float)) and actual is not None and abs(actual - started) > 1.0:
                 return f"pid {pid} now belongs to another process"
+            return None  # a live holder on this host: paused or slow, never stale
         age = now - beat
         if age > self.timeout:
             return f"no heartbeat for {age:.0f} s (timeout {self.timeout:.0f} s)"
@@ -170,7 +195,7 @@ class StoreLock:
         """Create the lock file exclusively; False if it exists."""
         rec = self._make_record()
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o600)
         except FileExistsError:
             return False
         try:
@@ -182,22 +207,43 @@ class StoreLock:
         return True
 
     def _beat(self) -> None:
-        """Refresh the heartbeat if the lock is still ours; recreate it if it vanished."""
-        rec = self.read()
-        if rec is None:
-            # deleted under us (e.g. a store wiped by --overwrite): take it back
-            if not self._create():
+        """Refresh the heartbeat if the lock is still ours. A lock file that vanished or holds
+        another token is lost for good: it is never recreated (someone may have held the store
+        in between). Serialised with takeovers by the takeover mutex."""
+        mutex = self.path.with_name(self.path.name + ".takeover")
+        try:
+            fd = os.open(mutex, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o600)
+        except FileExistsError:
+            try:  # left by a crashed taker: clear it, beat next time
+                if time.time() - mutex.stat().st_mtime > _TAKEOVER_STALE_S:
+                    mutex.unlink()
+            except OSError:
+                pass
+            return  # a takeover is under way: judge at the next beat
+        os.close(fd)
+        try:
+            rec = self.read()
+            if rec is None or rec.get("token") != self.token:
                 self.lost = True
-            return
-        if rec.get("token") != self.token:
-            if rec:  # someone else's: we were judged dead
-                self.lost = True
-            return
-        rec["heartbeat"] = time.time()
-        tmp = self.path.with_name(f"{self.path.name}.{self.token}.tmp")
-        tmp.write_text(json.dumps(rec))
-        os.replace(tmp, self.path)
-        self._record = rec
+                return
+            rec["heartbeat"] = time.time()
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps(rec))
+                os.replace(tmp, self.path)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+            self._record = rec
+        finally:
+            try:
+                mutex.unlink()
+            except OSError:
+                pass
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -206,9 +252,7 @@ class StoreLock:
             except OSError:
                 pass  # a transient filesystem hiccup; the next beat retries
             if self.lost:
-                print(f"escape-sweep: warning: lost the store lock {self.path} to "
-                      f"{self._describe(self.read() or {})}", file=sys.stderr)
-                return
+                return  # check() says so before the next write
 
     # ---------------------------------------------------------------- acquire / release
 
@@ -216,7 +260,7 @@ class StoreLock:
         """Replace a stale lock, serialised by a takeover mutex so two takers cannot both win."""
         mutex = self.path.with_name(self.path.name + ".takeover")
         try:
-            fd = os.open(mutex, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = os.open(mutex, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _NOFOLLOW, 0o600)
         except FileExistsError:
             try:
                 if time.time() - mutex.stat().st_mtime > _TAKEOVER_STALE_S:
@@ -263,7 +307,7 @@ class StoreLock:
                     f"store {self.store} is in use by another escape-sweep run "
                     f"({self._describe(rec)}); wait for it to finish, or stop it. "
                     f"A holder that dies is taken over once its process is gone (same host) "
-                    f"or its heartbeat is {self.timeout:.0f} s old.",
+                    f"or its heartbeat is {self.timeout:.0f} s old (a holder on another host).",
                     rec,
                 )
             if self._takeover(rec, reason):
@@ -279,10 +323,19 @@ class StoreLock:
         return self
 
     def check(self) -> None:
-        """Raise LockedError if the lock was lost (another run judged us dead and took over)."""
+        """Raise LockedError unless the lock file on disk is still ours (same token): called
+        before every write, so a run that lost its lock (judged dead and taken over, or its
+        file removed) never writes again."""
+        if self.remote:
+            return
+        rec = None if self.lost else self.read()
+        if not self.lost and (not self._held or rec is None or rec.get("token") != self.token):
+            self.lost = True
         if self.lost:
-            rec = self.read() or {}
-            raise LockedError(f"store {self.store}: the lock was taken over by {self._describe(rec)}", rec)
+            rec = self.read()
+            who = f"taken over by {self._describe(rec)}" if rec else "removed"
+            raise LockedError(f"store {self.store}: lost the store lock {self.path} ({who}); stopped without "
+                              "writing further", rec or {})
 
     def release(self) -> None:
         if not self._held:
@@ -298,10 +351,6 @@ class StoreLock:
                 self.path.unlink()
             except FileNotFoundError:
                 pass
-        try:
-            self.path.with_name(f"{self.path.name}.{self.token}.tmp").unlink()
-        except FileNotFoundError:
-            pass
 
     def __enter__(self) -> "StoreLock":
         return self.acquire()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -20,12 +21,13 @@ from .spec import Spec
 from .task import Cell, Task
 
 KERNEL_RATE = 4e8  # walker-steps/s of one core (escape-sweep bench: ~5e8 at batch <= 64)
-GPU_KERNEL_RATE = 2e11  # walker-steps/s of one GPU (cuda backend): a 2 s GPU task is ~4e11 walker-steps
 DEFAULT_TASK_SECONDS = 2.0
 MIN_CHUNKS = 8  # even a small grid keeps a few workers busy
 
 
 MARKOV_CELL_COST = 0.3 * KERNEL_RATE  # an exact solve takes a fraction of a second
+MAX_BLOCK_WALKERS = 4_000_000  # the kernel returns an int64 per walker: <= 32 MB per task
+GPU_KERNEL_RATE = 2e11  # walker-steps/s of one GPU worker (cuda backend, H100-class, float64)
 
 
 def kernel_rate(backend: str = "cpu") -> float:
@@ -34,8 +36,9 @@ def kernel_rate(backend: str = "cpu") -> float:
 
 
 def _cell_cost(spec: Spec) -> float:
-    """Work of one cell in walker-step units: walkers x max(steps), plus the exact solve."""
-    mc = spec.walkers * spec.max_steps if samples(spec.method) else 0
+    """Work of the costliest cell in walker-step units: walkers x max(steps) rounded up to the
+    kernel's rounds of 64 x random words per step of the largest batch, plus the exact solve."""
+    mc = spec.walkers * spec.cost_steps * spec.batch_words(max(spec.batch_size)) if samples(spec.method) else 0
     return mc + (MARKOV_CELL_COST if solves(spec.method) else 0)
 
 
@@ -46,6 +49,8 @@ def chunk_shape(spec: Spec, task_seconds: float = DEFAULT_TASK_SECONDS,
     per_cell = _cell_cost(spec)
     budget = max(1, int(task_seconds * rate // per_cell))
     budget = min(budget, max(1, math.ceil(spec.n_cells / min_chunks)))
+    if samples(spec.method) and spec.walkers > MAX_BLOCK_WALKERS:
+        budget = 1  # a cell too big for one task's memory: a chunk of its own, split into walker blocks
     shape = []
     for n in spec.cell_shape:
         take = max(1, min(n, budget))
@@ -54,16 +59,49 @@ def chunk_shape(spec: Spec, task_seconds: float = DEFAULT_TASK_SECONDS,
     return tuple(shape)
 
 
+class WalkerBlocks(Sequence):
+    """The (start, count) walker ranges of a cell, computed on demand (a cell may have very many)."""
+
+    def __init__(self, walkers: int, size: int):
+        self.walkers, self.size = int(walkers), int(size)
+
+    def __len__(self) -> int:
+        return -(-self.walkers // self.size)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(i)
+        start = i * self.size
+        return (start, min(self.size, self.walkers - start))
+
+    def __eq__(self, other):
+        if not isinstance(other, (Sequence, WalkerBlocks)) or len(self) != len(other):
+            return False
+        return all(tuple(a) == tuple(b) for a, b in zip(self, other))
+
+    def __repr__(self) -> str:
+        return f"WalkerBlocks(walkers={self.walkers}, size={self.size}, n={len(self)})"
+
+
 def walker_blocks(spec: Spec, chunk: tuple[int, int, int, int], task_seconds: float = DEFAULT_TASK_SECONDS,
-                  rate: float = KERNEL_RATE) -> list[tuple[int, int]]:
-    """(start, count) walker ranges of one cell: one range unless a cell alone is over the task size.
+                  rate: float = KERNEL_RATE) -> WalkerBlocks:
+    """(start, count) walker ranges of one cell: one range unless a cell alone is over the task size
+    or over MAX_BLOCK_WALKERS walkers (the memory of a task).
 
     Blocks are multiples of the kernel's lane count so no lanes are padded except in the last."""
     if math.prod(chunk) > 1 or not samples(spec.method):
-        return [(0, spec.walkers)]
-    n = max(1, math.ceil(spec.walkers * spec.max_steps / (task_seconds * rate)))
+        return WalkerBlocks(spec.walkers, spec.walkers)
+    per_walker = spec.cost_steps * spec.batch_words(max(spec.batch_size))
+    n = max(1, math.ceil(spec.walkers * per_walker / (task_seconds * rate)),
+            math.ceil(spec.walkers / MAX_BLOCK_WALKERS))
     size = max(LANES, math.ceil(spec.walkers / n / LANES) * LANES)
-    return [(s, min(size, spec.walkers - s)) for s in range(0, spec.walkers, size)]
+    size = min(size, MAX_BLOCK_WALKERS)
+    return WalkerBlocks(spec.walkers, size)
 
 
 def histogram_edges(max_steps: int, budgets=(), per_decade: int = 32) -> np.ndarray:
@@ -95,6 +133,24 @@ def chunk_slices(spec: Spec, chunks, index) -> tuple[slice, slice, slice, slice]
     return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunks, spec.cell_shape))
 
 
+class ChunkTasks(Sequence):
+    """The task(s) of one chunk, one per walker block, made on demand."""
+
+    def __init__(self, common: dict, blocks: WalkerBlocks):
+        self.common, self.blocks = common, blocks
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, b):
+        if isinstance(b, slice):
+            return [self[j] for j in range(*b.indices(len(self)))]
+        if b < 0:
+            b += len(self)
+        s, c = self.blocks[b]
+        return Task(walker_start=s, walker_count=c, block=b, n_blocks=len(self.blocks), **self.common)
+
+
 def chunk_cells(spec: Spec, slices, pits) -> list[Cell]:
     """The cells of the chunk at `slices` (along T, batch_size, depth, width), in C order, each with
     its index inside the chunk and its pit geometry."""
@@ -109,17 +165,14 @@ def chunk_cells(spec: Spec, slices, pits) -> list[Cell]:
     return cells
 
 
-def tasks_for_chunk(spec: Spec, chunks, index, pits, task_seconds=DEFAULT_TASK_SECONDS, backend="cpu") -> list[Task]:
-    """The task(s) computing one chunk: one, or one per walker block for a one-cell chunk
-    (blocks sized by the backend's rate)."""
+def tasks_for_chunk(spec: Spec, chunks, index, pits, task_seconds=DEFAULT_TASK_SECONDS,
+                    backend: str = "cpu") -> ChunkTasks:
+    """The task(s) computing one chunk: one, or one per walker block for a one-cell chunk."""
     sl = chunk_slices(spec, chunks, index)
     cells = chunk_cells(spec, sl, pits)
     shape = tuple(s.stop - s.start for s in sl)
     edges = tuple(int(e) for e in spec_edges(spec))
     blocks = walker_blocks(spec, chunks, task_seconds, kernel_rate(backend))
-    return [Task(chunk=tuple(index), shape=shape, cells=tuple(cells), walker_start=s, walker_count=c,
-                 budgets=spec.steps, edges=edges, seed=spec.seed, block=b, n_blocks=len(blocks),
-                 method=spec.method, backend=backend)
-            for b, (s, c) in enumerate(blocks)]
-
-
+    common = dict(chunk=tuple(index), shape=shape, cells=tuple(cells), budgets=spec.steps, edges=edges,
+                  seed=spec.seed, method=spec.method, backend=backend)
+    return ChunkTasks(common, blocks)

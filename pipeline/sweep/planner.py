@@ -33,16 +33,6 @@ class ChunkDone:
     backends: tuple[str, ...] = ("cpu",)  # the kernel backends its blocks ran on (provenance)
 
 
-def sum_blocks(parts: list[dict]) -> dict:
-    """Counts of a chunk from its walker blocks: the COUNTS add; per-cell extras come from block 0."""
-    out = {k: v for k, v in parts[0].items() if k not in COUNTS and k != "backend"}
-    out.update({k: parts[0][k].copy() for k in COUNTS})
-    for p in parts[1:]:
-        for k in COUNTS:
-            out[k] += p[k]
-    return out
-
-
 class StaticPlanner:
     """Every pending chunk of a spec's grid, in C order; tasks are made lazily, as asked for."""
 
@@ -55,7 +45,7 @@ class StaticPlanner:
         self._todo = itertools.chain.from_iterable(
             partition.tasks_for_chunk(spec, self.chunks, idx, pits, task_seconds, backend=backend)
             for idx in self.pending)
-        self._blocks: dict[tuple, list] = {}
+        self._blocks: dict[tuple, list] = {}  # chunk -> [blocks still out, summed counts, block 0's extras]
 
     @property
     def total(self) -> int:
@@ -65,17 +55,28 @@ class StaticPlanner:
     def ask(self, n: int) -> list[Task]:
         out = list(itertools.islice(self._todo, max(0, n)))
         for t in out:
-            self._blocks.setdefault(t.chunk, [None] * t.n_blocks)
+            self._blocks.setdefault(t.chunk, [t.n_blocks, None, None, []])
         return out
 
     def tell(self, result: dict) -> ChunkDone | None:
-        parts = self._blocks[tuple(result["chunk"])]
-        parts[result["block"]] = result
-        if any(p is None for p in parts):
-            return None
+        """Add a block's counts to its chunk's running sums (a cell may have very many blocks, so
+        none is kept); the chunk once every block is in."""
         index = tuple(result["chunk"])
+        state = self._blocks[index]
+        state[0] -= 1
+        if state[1] is None:
+            state[1] = {k: result[k].copy() for k in COUNTS}
+        else:
+            for k in COUNTS:
+                state[1][k] += result[k]
+        state[3].append(result.get("backend", "cpu"))
+        if result["block"] == 0:
+            state[2] = {k: v for k, v in result.items() if k not in COUNTS and k != "backend"}
+        if state[0] > 0:
+            return None
         del self._blocks[index]
-        counts = sum_blocks(parts)
+        counts = dict(state[2])
+        counts.update(state[1])
         return ChunkDone(index=index, slices=partition.chunk_slices(self.spec, self.chunks, index), counts=counts,
                          walkers=int(np.max(counts["n_walkers"], initial=0)),
-                         backends=tuple(p.get("backend", "cpu") for p in parts))
+                         backends=tuple(state[3]))

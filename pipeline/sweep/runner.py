@@ -34,6 +34,7 @@ class RunOptions:
     retries: int = 2
     progress: bool = True
     backend: str = "cpu"  # kernel backend: "cpu", "cuda" (GPU workers) or "auto" (cuda where a worker has one)
+    repair: bool = False  # verify the store first; recompute the damaged chunks
 
 
 @dataclass
@@ -77,10 +78,24 @@ class Summary:
                 f"tasks submitted {self.tasks_submitted}")
 
 
+def _check_parent(where) -> None:
+    """A local store's nearest existing ancestor must be a directory (not a regular file)."""
+    from ..locations import is_path, local_path
+
+    if not is_path(where):
+        return
+    p = local_path(where).expanduser().absolute().parent
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise StoreMismatch(f"{where}: cannot create the store: {p} is not a directory")
+
+
 def check_store(spec: Spec, st: store.Store, opts: RunOptions) -> tuple[int, int, int, int] | None:
     """Chunk shape of an existing store of this spec (resume), or None if one must be created.
 
-    A store from another spec (or a non-cube directory) is refused unless overwrite is set.
+    A store from another spec is refused unless overwrite is set; anything that is not an
+    escape-sweep cube (a non-empty directory, a file) is refused always.
     Nothing is written here, so a refusal leaves the disk as it was."""
     if not st.exists():
         return None
@@ -93,8 +108,10 @@ def check_store(spec: Spec, st: store.Store, opts: RunOptions) -> tuple[int, int
                 f"{st.where}: store was made from a different spec (name {attrs.get('name')!r}, hash "
                 f"{str(attrs.get('spec_hash'))[:12]} != {spec.content_hash[:12]}); use --overwrite to replace it "
                 "or [output] path / --output to write elsewhere")
-    elif st.local and (not st.path.is_dir() or any(st.path.iterdir())) and not opts.overwrite:
-        raise StoreMismatch(f"{st.where}: exists and is not an escape-sweep cube; use --overwrite to replace it")
+    elif st.local and (not st.path.is_dir() or st.path.is_symlink() or any(st.path.iterdir())):
+        # --overwrite replaces only an escape-sweep cube, never some other directory or file
+        raise StoreMismatch(f"{st.where}: exists and is not an escape-sweep cube; refusing to write there "
+                            "(even with --overwrite); choose another [output] path / --output")
     return None
 
 
@@ -131,14 +148,15 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output=None, yes:
     Order: take the store lock (a second run on the store is refused), check the store against
     the spec, connect to the workers, and only then create the store -- so a refused spec or
     an unreachable scheduler writes nothing. Every write checks the lock first."""
-    from .lock import StoreLock
+    from .lock import StoreLock, timeout_from_env
 
     opts = opts or RunOptions()
     check_backend(opts)
     spec = spec_or_path if isinstance(spec_or_path, Spec) else load_spec(spec_or_path, output=output, yes=yes)
     where = output if output is not None else spec.output
+    _check_parent(where)
     t0 = time.perf_counter()
-    with StoreLock(where) as lock:
+    with StoreLock(where, timeout=timeout_from_env()) as lock:
         st = store.Store(where, guard=lock.check)
         note = grow.recover(st)
         if note:
@@ -154,6 +172,8 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output=None, yes:
             chunks = partition.chunk_shape(spec, opts.task_seconds, rate=partition.kernel_rate(opts.backend))
             done = np.zeros(partition.chunk_grid(spec, chunks), bool)
         else:
+            if opts.repair:
+                repair(st, opts.progress)
             done = st.done_mask()
         pending = list(zip(*np.nonzero(~done)))
         summary = Summary(path=str(where), cells=spec.n_cells, walkers=spec.n_cells * spec.walkers,
@@ -237,12 +257,12 @@ def refine_store(where, ropts, opts: RunOptions | None = None) -> list[dict]:
     round (cells refined, walkers and T added, walker-steps spent, worst half-width / target left)."""
     from ..errors import NotACube
     from . import refine
-    from .lock import StoreLock
+    from .lock import StoreLock, timeout_from_env
 
     opts = opts or RunOptions()
     check_backend(opts)
     reports: list[dict] = []
-    with StoreLock(where) as lock:
+    with StoreLock(where, timeout=timeout_from_env()) as lock:
         st = store.Store(where, guard=lock.check)
         note = grow.recover(st)
         if note:
@@ -308,6 +328,19 @@ def backend_submit_options(client, opts: RunOptions) -> dict:
         return {}  # the embedded cluster's workers share this host's GPU (checked by check_backend)
     raise InputError(f"--backend cuda: no worker of {opts.cluster.scheduler} advertises a GPU resource "
                      "(start GPU workers with `dask worker ... --resources GPU=1`, or use --backend auto)")
+
+
+def repair(st: store.Store, verbose: bool = True) -> int:
+    """Clear the completion record of every chunk `verify` finds damaged (the resume that follows
+    recomputes exactly those); returns how many."""
+    report = st.verify()
+    bad = [idx for idx, _ in report["damaged"]]
+    if bad:
+        st.clear_done(bad)
+    if verbose or bad:
+        print(f"escape-sweep: repair: {len(bad)} damaged chunk(s) of {report['checked'] + len(bad)} "
+              f"checked will be recomputed", file=sys.stderr)
+    return len(bad)
 
 
 def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, summary: Summary,

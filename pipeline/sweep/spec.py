@@ -21,6 +21,7 @@ cell (and so the same random stream: DESIGN.md section 2).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -37,8 +38,20 @@ if TYPE_CHECKING:
 
 TOP_KEYS = {"name", "seed", "walkers", "method", "axes", "output"}
 RANGE_KEYS = {"start", "stop", "num", "scale"}
-MAX_CELLS = 2_000_000  # beyond this (or MAX_WALKER_STEPS) a sweep needs --yes
-MAX_WALKER_STEPS = 2e13  # ~ 10 core-hours at 5e8 walker-steps/s
+MAX_CELLS = 2_000_000  # beyond this (or MAX_WALKER_STEPS, MAX_BATCH) a sweep needs --yes
+MAX_WALKER_STEPS = 2e13  # ~ 10 core-hours at 5e8 walker-steps/s (of work: see Spec.work_bound)
+MAX_BATCH = 2**20  # a batch this large costs 16384 random words per step; beyond it needs --yes
+HARD_MAX_AXIS = 10**7  # values of one axis, even with --yes (the coordinate arrays live in memory)
+HARD_MAX_COUNT = 2**62  # walkers x max(steps) must fit the int64 exposure, even with --yes
+LANE_STEPS = 64  # the kernel steps walkers in rounds of 64: a smaller budget costs 64 steps
+REL_DUPLICATE = 1e-8  # float axis values closer than this (relative) are one value typed twice (0.015, 0.0150000001)
+
+# each (depth, width) pit is found once per process, however often a spec asks
+@functools.lru_cache(maxsize=4096)
+def _find_pit(depth: float, width: float):
+    from ..model.landscape import find_pit  # numpy and scipy: only for a spec whose axes are good
+
+    return find_pit(depth, width)
 
 
 @dataclass(frozen=True)
@@ -77,8 +90,25 @@ class Spec:
 
     @property
     def walker_steps_bound(self) -> float:
-        """Upper bound of the sweep's work: cells x walkers x max(steps) (if nothing escaped)."""
+        """Upper bound of the sweep's walker-steps: cells x walkers x max(steps) (if nothing escaped)."""
         return float(self.n_cells) * self.walkers * self.max_steps
+
+    @property
+    def cost_steps(self) -> int:
+        """Steps a censored walker costs: max(steps) rounded up to the kernel's rounds of 64."""
+        return -(-self.max_steps // LANE_STEPS) * LANE_STEPS
+
+    @staticmethod
+    def batch_words(batch_size: int) -> int:
+        """Random 64-bit words per step: one feeds 64 // B steps up to B = 64, B > 64 draws ceil(B / 64)."""
+        return max(1, -(-int(batch_size) // 64))
+
+    @property
+    def work_bound(self) -> float:
+        """Upper bound of the kernel's work in walker-step units: walkers x cost_steps x words per
+        step, summed over cells (what the sanity limit and `validate`'s time estimate use)."""
+        other = len(self.T) * len(self.depth) * len(self.width)
+        return float(other) * self.walkers * self.cost_steps * sum(self.batch_words(b) for b in self.batch_size)
 
     @property
     def content_hash(self) -> str:
@@ -90,9 +120,7 @@ class Spec:
 
     def pits(self) -> dict[tuple[float, float], Pit]:
         """(depth, width) -> Pit geometry for every pair of the grid."""
-        from ..model.landscape import find_pit
-
-        return {(d, w): find_pit(d, w) for d in self.depth for w in self.width}
+        return {(d, w): _find_pit(d, w) for d in self.depth for w in self.width}
 
 
 def _fail(file, key, value, allowed) -> SpecError:
@@ -115,7 +143,7 @@ def _round12(x: float) -> float:
     return float(f"{x:.12g}")
 
 
-def _axis(file, name, raw) -> tuple:
+def _axis(file, name, raw, yes: bool = False) -> tuple:
     key = f"axes.{name}"
     integer = name in INT_AXES
     if isinstance(raw, dict):
@@ -133,6 +161,10 @@ def _axis(file, name, raw) -> tuple:
         num = raw["num"]
         if isinstance(num, bool) or not isinstance(num, int) or num < 1:
             raise _fail(file, f"{key}.num", num, "must be an integer >= 1")
+        if num > HARD_MAX_AXIS or (num > MAX_CELLS and not yes):  # before building any array
+            limit = (f"at most {HARD_MAX_AXIS} values per axis" if num > HARD_MAX_AXIS
+                     else f"more than the sanity limit of {MAX_CELLS} cells; pass --yes to run it anyway")
+            raise _fail(file, f"{key}.num", num, limit)
         scale = raw.get("scale", "linear")
         if scale not in ("linear", "log"):
             raise _fail(file, f"{key}.scale", scale, 'must be "linear" or "log"')
@@ -167,7 +199,28 @@ def _axis(file, name, raw) -> tuple:
         if v in seen:
             raise _fail(file, key, v, "duplicate value (after rounding) -- each value must appear once")
         seen.add(v)
-    return tuple(sorted(values))
+    values = sorted(values)
+    if not integer:
+        for a, b in zip(values, values[1:]):
+            if b - a <= REL_DUPLICATE * b:
+                raise _fail(file, key, b, f"within a relative {REL_DUPLICATE:g} of {a!r}: the same value "
+                                          "typed twice? each value must appear once")
+    return tuple(values)
+
+
+def _n_values(raw) -> int | None:
+    """Values an axis will have, from its raw form (None where _axis will report it)."""
+    if isinstance(raw, list):
+        return len(raw)
+    if isinstance(raw, dict) and isinstance(raw.get("num"), int) and not isinstance(raw.get("num"), bool):
+        return raw["num"]
+    return None
+
+
+def _check_text(file, key, value) -> None:
+    """Names and paths: no NUL or other control characters."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise _fail(file, key, value, "must not contain control characters (NUL, newline, ...)")
 
 
 def parse_spec(text: str, file: str = "<spec>", *, output: str | None = None, yes: bool = False) -> Spec:
@@ -183,6 +236,10 @@ def parse_spec(text: str, file: str = "<spec>", *, output: str | None = None, ye
     name = doc.get("name", Path(file).stem)
     if not isinstance(name, str) or not name:
         raise _fail(file, "name", name, "must be a non-empty string")
+    _check_text(file, "name", name)
+    if "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        raise _fail(file, "name", name, "must be a plain name (no / or \\, not starting with a dot): "
+                                        "it names the default store results/<name>.zarr")
     seed = doc.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise _fail(file, "seed", seed, "must be an integer in [0, 2^63)")
@@ -204,7 +261,11 @@ def parse_spec(text: str, file: str = "<spec>", *, output: str | None = None, ye
     for a in AXES:
         if a not in axes_raw:
             raise SpecError(f"{file}: axes.{a} is missing: every axis of {', '.join(AXES)} needs values")
-    axes = {a: _axis(file, f"{a}", axes_raw[a]) for a in AXES}
+    sizes = [_n_values(axes_raw[a]) for a in ("T", "batch_size", "depth", "width")]
+    if not yes and None not in sizes and math.prod(sizes) > MAX_CELLS:  # before building any array
+        raise SpecError(f"{file}: axes: {math.prod(sizes)} cells: larger than the sanity limit of {MAX_CELLS} "
+                        "cells; pass --yes to run it anyway")
+    axes = {a: _axis(file, f"{a}", axes_raw[a], yes) for a in AXES}
     out_raw = doc.get("output", {})
     if not isinstance(out_raw, dict):
         raise _fail(file, "output", out_raw, "must be a table with key path")
@@ -215,24 +276,33 @@ def parse_spec(text: str, file: str = "<spec>", *, output: str | None = None, ye
     path = output or out_raw.get("path") or f"results/{name}.zarr"
     if not isinstance(path, str) or not path:
         raise _fail(file, "output.path", path, "must be a non-empty string")
+    _check_text(file, "output.path" if not output else "--output", path)
+    if walkers * (-(-max(axes["steps"]) // LANE_STEPS) * LANE_STEPS) > HARD_MAX_COUNT:
+        raise _fail(file, "walkers", walkers, f"x max(steps) = {max(axes['steps'])} must stay within "
+                                              f"2^62 (the int64 exposure), even with --yes")
     spec = Spec(name=name, seed=seed, walkers=walkers, method=method, output=path, source=text, file=file, **axes)
-    from ..model.landscape import find_pit
+    import numpy as np
 
     for d in spec.depth:
         for w in spec.width:
             try:
-                find_pit(d, w)
-            except ValueError:
+                with np.errstate(all="ignore"):
+                    _find_pit(d, w)
+            except (ValueError, ArithmeticError):
                 raise SpecError(
                     f"{file}: axes.depth = {d!r} with axes.width = {w!r}: l1 has no pit there "
                     "(no local minimum near W = 1 with a barrier to its right); use deeper or narrower pits"
                 ) from None
-    if not yes and (spec.n_cells > MAX_CELLS or spec.walker_steps_bound > MAX_WALKER_STEPS):
+    if not yes and (spec.n_cells > MAX_CELLS or spec.work_bound > MAX_WALKER_STEPS):
         raise SpecError(
-            f"{file}: axes: {spec.n_cells} cells x {walkers} walkers x {spec.max_steps} steps "
-            f"= {spec.walker_steps_bound:.3g} walker-steps: larger than the sanity limits "
-            f"({MAX_CELLS} cells, {MAX_WALKER_STEPS:.0e} walker-steps); pass --yes to run it anyway"
+            f"{file}: axes: {spec.n_cells} cells x {walkers} walkers x {spec.cost_steps} steps (max(steps) in "
+            f"rounds of 64) x random words per step (ceil(batch_size / 64)) = {spec.work_bound:.3g} walker-steps "
+            f"of work: larger than the sanity limits ({MAX_CELLS} cells, {MAX_WALKER_STEPS:.0e} walker-steps); "
+            "pass --yes to run it anyway"
         )
+    if not yes and max(spec.batch_size) > MAX_BATCH:
+        raise _fail(file, "axes.batch_size", max(spec.batch_size),
+                    f"larger than the sanity limit {MAX_BATCH} (2^20); pass --yes to run it anyway")
     return spec
 
 
@@ -249,9 +319,16 @@ def spec_text(spec: Spec) -> str:
 
 def load_spec(path, *, output: str | None = None, yes: bool = False) -> Spec:
     """Read and validate a spec file (TOML only, via tomllib)."""
+    if "\0" in str(path):
+        raise SpecError(f"{path!r}: a spec path must not contain NUL")
     p = Path(path)
     try:
-        text = p.read_text()
+        raw = p.read_bytes()
     except OSError as e:
         raise SpecError(f"{path}: cannot read spec: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8-sig")  # TOML is UTF-8; a byte-order mark is tolerated
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}): "
+                        "a spec is TOML, which is UTF-8") from None
     return parse_spec(text, str(path), output=output, yes=yes)

@@ -11,9 +11,12 @@ file atomically, so an interrupted run leaves whole chunks and an exact record o
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import itertools
 import math
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from importlib.metadata import PackageNotFoundError, version
@@ -25,6 +28,40 @@ from . import cube
 from .spec import Spec
 
 PROGRESS = "progress"
+# the variables a chunk write covers (those of them the store has), in digest order
+CHUNK_VARIABLES = tuple(sorted(set(cube.VARIABLES) | {"escape_hist"} | set(cube.MARKOV_VARIABLES)
+                               | set(cube.BOTH_VARIABLES)))
+
+
+def chunk_digest(index, values: dict) -> int:
+    """blake2b-64 of a chunk's written values (name, dtype, shape, bytes of each, in name order) and
+    its index, as stored in `progress/digest` (0 means none: a digest is never 0)."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(repr(tuple(int(i) for i in index)).encode())
+    for name in sorted(values):
+        a = np.ascontiguousarray(values[name])
+        h.update(f"|{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return int.from_bytes(h.digest(), "little") or 1
+
+
+def _read_record(arr, bad):
+    """A completion-record array (one element per file); an element whose file is unreadable reads as `bad`."""
+    try:
+        return np.asarray(arr[...])
+    except Exception:
+        out = np.empty(arr.shape, arr.dtype)
+        for index in itertools.product(*(range(n) for n in arr.shape)):
+            try:
+                out[index] = arr[index]
+            except Exception:
+                out[index] = bad
+        return out
+
+
+def _chunk_regions(chunks, shape, index, names) -> dict:
+    slices = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunks, shape))
+    return {name: region for name, (region, _) in cube.regions(slices, dict.fromkeys(names)).items()}
 
 
 def versions() -> dict[str, str]:
@@ -123,8 +160,9 @@ class Store:
         return self.attrs().get("format") == cube.FORMAT
 
     def done_mask(self) -> np.ndarray:
-        """Boolean array over the chunk grid: which chunks are complete."""
-        return np.asarray(self.group("r")[f"{PROGRESS}/done"][...]).astype(bool)
+        """Boolean array over the chunk grid: which chunks are complete (record value exactly 1;
+        anything else, an unreadable record file included, is garbage and counts as not done)."""
+        return _read_record(self.group("r")[f"{PROGRESS}/done"], 255) == 1
 
     def chunk_count(self) -> tuple[int, int]:
         """(done, total) chunk counts."""
@@ -149,8 +187,9 @@ class Store:
         ds, encoding = cube.skeleton(spec, chunks, edges, versions(), now())
         if self.local:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
+            self.remove_leftovers()
+            # an unpredictable name, created exclusively (mode 0700): nothing planted there is followed
+            tmp = type(self.path)(tempfile.mkdtemp(prefix=f".{self.path.name}.new-", dir=self.path.parent))
             target = str(tmp)
         else:
             target = self._target
@@ -164,17 +203,40 @@ class Store:
         prog.create_array("walkers", shape=grid, chunks=(1,) * 4, dtype="int64", fill_value=0)
         prog.create_array("finished_at", shape=grid, chunks=(1,) * 4, dtype="float64", fill_value=np.nan)
         _backend_array(prog, grid)
+        prog.create_array("digest", shape=grid, chunks=(1,) * 4, dtype="uint64", fill_value=0)
+        prog.attrs["digest"] = ("blake2b-64 of the chunk's written values (store.chunk_digest), written before "
+                                "done; `escape-sweep verify` re-reads the chunk and compares")
         _quiet_consolidate(target)
         if not self.local:
             return
         self.guard()
         if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            os.replace(self.path, old)
+            # os.replace cannot put a directory over a non-empty one: move the old store aside
+            # into a fresh private directory first, then remove it
+            aside = tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent)
+            os.replace(self.path, os.path.join(aside, "store"))
             os.replace(tmp, self.path)
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(aside, ignore_errors=True)
         else:
             os.replace(tmp, self.path)
+
+    def remove_leftovers(self) -> list[str]:
+        """Remove temporary stores (`.NAME.new-*`, `.NAME.old-*`) a crashed run left beside this one.
+        Called under the store lock, so no live run is building them; symlinks are left alone."""
+        if not self.local or not self.path.parent.is_dir():
+            return []
+        gone = []
+        for p in self.path.parent.iterdir():
+            if (p.name.startswith(f".{self.path.name}.new-") or p.name.startswith(f".{self.path.name}.old-")) \
+                    and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+                gone.append(p.name)
+        if gone:
+            import sys
+
+            print(f"escape-sweep: note: removed {len(gone)} temporary store(s) left by a crashed run beside "
+                  f"{self.path}: {', '.join(sorted(gone))}", file=sys.stderr)
+        return gone
 
     def write_chunk(self, index, slices, counts: dict, edges, method: str, walkers: int, group=None,
                     backends=("cpu",)) -> None:
@@ -182,11 +244,16 @@ class Store:
         completion record: the kernel backend(s) that computed it, the walkers it counts, the time, done."""
         self.guard()
         g = group if group is not None else self.group()
+        written = {}
         for name, (region, arr) in cube.regions(slices, cube.derived(counts, edges, method)).items():
-            g[name][region] = arr
+            a = g[name]
+            written[name] = np.asarray(arr, dtype=a.dtype)
+            a[region] = written[name]
         self.guard()
         index = tuple(index)
         _record_backend(g, index, backends)
+        if "digest" in g[PROGRESS]:  # stores made before digests have none
+            g[f"{PROGRESS}/digest"][index] = chunk_digest(index, written)
         g[f"{PROGRESS}/finished_at"][index] = time.time()
         if "walkers" in g[PROGRESS]:  # stores made before the walker record have none
             g[f"{PROGRESS}/walkers"][index] = walkers
@@ -202,11 +269,110 @@ class Store:
         values, counts = np.unique(np.asarray(arr[...]), return_counts=True)
         return {(codes[v] if v < len(codes) else str(v)) or "unrecorded": int(c) for v, c in zip(values, counts)}
 
+    def clear_done(self, indices) -> None:
+        """Forget the completion record of chunks (so that a resume recomputes them)."""
+        self.guard()
+        g = self.group()
+        for index in indices:
+            g[f"{PROGRESS}/done"][tuple(index)] = 0
+            if "digest" in g[PROGRESS]:
+                g[f"{PROGRESS}/digest"][tuple(index)] = 0
+
+    # ------------------------------------------------------------------ checking
+    def record_problems(self) -> list[str]:
+        """Cheap checks of the completion record alone (no chunk data read): what is wrong, [] if nothing."""
+        try:
+            g = self.group("r")
+            done = _read_record(g[f"{PROGRESS}/done"], 255)
+        except Exception as e:
+            return [f"no readable completion record {PROGRESS}/done ({type(e).__name__})"]
+        out = []
+        bad = int(((done != 0) & (done != 1)).sum())
+        if bad:
+            out.append(f"{bad} completion record value(s) other than 0 or 1 (counted as not done)")
+        try:
+            if "digest" in g[PROGRESS]:
+                dig = _read_record(g[f"{PROGRESS}/digest"], 0)
+                missing = int(((done == 1) & (dig == 0)).sum())
+                if missing:
+                    out.append(f"{missing} done chunk(s) without a digest")
+        except Exception as e:
+            out.append(f"unreadable {PROGRESS}/digest ({type(e).__name__})")
+        return out
+
+    def verify(self) -> dict:
+        """Re-read every done chunk: its digest, and the consistency of its counts (n_escaped and
+        n_diverged <= n_walkers, n_escaped and exposure non-decreasing in steps, the histogram
+        summing to n_escaped at the largest budget, n_walkers equal to the recorded walkers).
+
+        Returns {checked, digests (bool), damaged: [(index, reason)], record: [problems]}."""
+        g = self.group("r")
+        attrs = dict(g.attrs)
+        record = self.record_problems()
+        out = dict(checked=0, digests=False, damaged=[], record=record)
+        try:
+            done_raw = _read_record(g[f"{PROGRESS}/done"], 255)
+        except Exception:
+            return out
+        chunks = tuple(attrs["chunk_shape"])
+        shape = tuple(g["n_walkers"].shape[i] for i in (0, 2, 3, 4))
+        names = [n for n in CHUNK_VARIABLES if n in g]
+        prog = g[PROGRESS]
+        digests = _read_record(prog["digest"], 0) if "digest" in prog else None
+        walkers = _read_record(prog["walkers"], -1) if "walkers" in prog else None
+        out["digests"] = digests is not None
+        from ..model.axes import samples
+
+        sampled = samples(attrs.get("method", "montecarlo"))
+        for index in itertools.product(*(range(n) for n in done_raw.shape)):
+            if done_raw[index] == 0:
+                continue
+            if done_raw[index] != 1:
+                out["damaged"].append((index, f"completion record value {done_raw[index]!r}"))
+                continue
+            out["checked"] += 1
+            regions = _chunk_regions(chunks, shape, index, names)
+            try:
+                vals = {n: np.asarray(g[n][regions[n]]) for n in names}
+            except Exception as e:
+                out["damaged"].append((index, f"unreadable chunk data ({type(e).__name__}: {str(e)[:80]})"))
+                continue
+            if digests is not None:
+                if digests[index] == 0:
+                    out["damaged"].append((index, "no digest"))
+                    continue
+                if int(digests[index]) != chunk_digest(index, vals):
+                    out["damaged"].append((index, "digest mismatch (chunk data changed since it was written)"))
+                    continue
+            reason = _inconsistent(vals, sampled, None if walkers is None else int(walkers[index]))
+            if reason:
+                out["damaged"].append((index, reason))
+        return out
+
     def set_attrs(self, **attrs) -> None:
         """Update group attributes and re-consolidate the metadata."""
         self.guard()
         self.group().attrs.update(attrs)
         _quiet_consolidate(self._target)
+
+
+def _inconsistent(v: dict, sampled: bool, walkers: int | None) -> str | None:
+    """Why a chunk's counts cannot be right, or None."""
+    n, k, div, e = v["n_walkers"], v["n_escaped"], v["n_diverged"], v["exposure"]
+    if (n < 0).any() or (k < 0).any() or (div < 0).any() or (e < 0).any():
+        return "negative counts"
+    if (k + div > n).any():
+        return "n_escaped + n_diverged > n_walkers"
+    if (np.diff(k, axis=1) < 0).any() or (np.diff(e, axis=1) < 0).any():
+        return "n_escaped or exposure decreasing with the step budget"
+    if (n != n[:, :1]).any():
+        return "n_walkers differs between step budgets"
+    if sampled:
+        if (v["escape_hist"].sum(axis=-1) != k[:, -1]).any():
+            return "escape_hist does not sum to n_escaped at the largest budget"
+        if walkers is not None and (n > walkers).any():  # refined cells may hold fewer than the chunk's most
+            return f"n_walkers above the recorded {walkers} walkers"
+    return None
 
 
 # Thin functions over Store for callers that hold a location, not a Store.
