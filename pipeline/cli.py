@@ -172,11 +172,12 @@ def _refine(args) -> int:
         print(json.dumps(rounds, indent=1))
     else:
         spent = sum(r["walker_steps"] for r in rounds)
-        last = rounds[-1] if rounds else None
-        state = ("nothing to refine: every eligible cell meets its target" if not rounds else
-                 "targets met" if last["cells_above_target"] == 0 else
-                 f"{last['cells_above_target']} cells still above target (caps or rounds reached)")
-        print(f"refined {args.store}: {len(rounds)} rounds, {spent:.4g} walker-steps; {state}")
+        done = [r for r in rounds if "stopped" not in r]
+        last = rounds[-1] if rounds else {"cells_above_target": 0}
+        why = last.get("stopped") or f"{len(done)} rounds (--rounds)"
+        state = ("targets met" if last["cells_above_target"] == 0 else
+                 f"{last['cells_above_target']} cells still above target; stopped by {why}")
+        print(f"refined {args.store}: {len(done)} rounds, {spent:.4g} walker-steps; {state}")
     return 0
 
 

@@ -171,13 +171,16 @@ def new_T_values(ds, opts: RefineOptions, spec: Spec, budget: int) -> list[float
     return sorted(out)
 
 
-def next_round(ds, spec: Spec, opts: RefineOptions, spent: float) -> tuple[Spec, np.ndarray, dict] | None:
-    """The spec and per-cell walker targets of the next round, or None when nothing is left to do."""
+def next_round(ds, spec: Spec, opts: RefineOptions, spent: float) -> tuple[Spec | None, np.ndarray, dict]:
+    """The spec and per-cell walker targets of the next round, and its summary; the spec is None when
+    nothing is left to do (summary["stop"] says why: targets met, the walker-steps cap, max walkers)."""
     target, summary = walker_targets(ds, opts, spent)
     add = new_T_values(ds, opts, spec, summary["budget"]) if spent < opts.max_walker_steps else []
     summary["T_added"] = add
     if summary["cells_refined"] == 0 and not add:
-        return None
+        summary["stop"] = ("targets met" if summary["unmet"] == 0 else
+                           "the walker-steps cap" if summary["capped"] else "--max-walkers")
+        return None, target, summary
     if not add:
         return spec, target, summary
     new = replace(spec, T=tuple(sorted(spec.T + tuple(add))))

@@ -275,10 +275,11 @@ def refine_store(where, ropts, opts: RunOptions | None = None) -> list[dict]:
         spent = 0.0
         for r in range(1, ropts.rounds + 1):
             ds = st.open_dataset().load()
-            plan = refine.next_round(ds, spec, ropts, spent)
-            if plan is None:
+            new, target, summ = refine.next_round(ds, spec, ropts, spent)
+            if new is None:
+                reports.append(dict(round=r, stopped=summ["stop"], worst_ratio=summ["worst"],
+                                    cells_above_target=summ["unmet"], walker_steps=0, cells_refined=0))
                 break
-            new, target, summ = plan
             line = (f"round {r}: {summ['cells_refined']} cells refined, +{summ['walkers_added']} walkers"
                     f"{', T += ' + ', '.join(f'{t:g}' for t in summ['T_added']) if summ['T_added'] else ''}")
             growth = dict(old=spec, added={"T": summ["T_added"]} if summ["T_added"] else {},
