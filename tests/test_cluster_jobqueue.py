@@ -225,12 +225,14 @@ def test_sweep_outlives_walltime_through_fake_slurm(tmp_path, fake_slurm, monkey
     from pipeline import run_sweep
     from pipeline.sweep.runner import RunOptions
 
-    # ~6 s of kernel work on two workers: longer than the 4 s worker lifetime, so jobs must be replaced
-    kw = dict(walkers=20000, T="{start = 0.006, stop = 0.009, num = 24}", steps="[100, 20000]", batch_size="[1]")
+    # ~7 s of kernel work on two workers: longer than the 4 s worker lifetime, so jobs must be replaced;
+    # tasks of ~0.25 s, far shorter than a lifetime even on a loaded machine (a task still running when its
+    # worker retires is rerun elsewhere: tasks longer than the lifetime would never finish)
+    kw = dict(walkers=12000, T="{start = 0.006, stop = 0.009, num = 24}", steps="[100, 20000]", batch_size="[1]")
     f = write_spec(tmp_path, name="s", **kw)
     monkeypatch.setenv(deploy.JOBQUEUE_ENV, str(_fake_yaml(tmp_path, lifetime="4s", stagger="1s")))
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}):
-        assert main(["run", str(f), "--cluster", "slurm", "--jobs", "2", "--task-seconds", "0.5", "-q"]) == 0
+        assert main(["run", str(f), "--cluster", "slurm", "--jobs", "2", "--task-seconds", "0.25", "-q"]) == 0
     jobs = sorted(fake_slurm.glob("job-*.sh"))
     logs = "".join(p.read_text() for p in fake_slurm.glob("job-*.log"))
     assert len(jobs) > 2, "no job was replaced"

@@ -33,18 +33,32 @@ RUN_TIMEOUT = 300
 
 
 @pytest.fixture(scope="session")
-def reference(tmp_path_factory):
-    """The sweep computed on the embedded local cluster: what every SLURM run must reproduce."""
+def local_cube(tmp_path_factory):
+    """local_cube(**spec_kw): the sweep computed on the embedded local cluster (once per spec in the
+    session): what every SLURM run of that spec must reproduce."""
     pytest.importorskip("dask_jobqueue")
     from pipeline import run_sweep
     from pipeline.deploy import ClusterOptions
     from pipeline.sweep.runner import RunOptions
 
-    d = tmp_path_factory.mktemp("slurm-ref")
-    s = run_sweep(str(write_spec(d, name="ref", **SPEC_KW)),
-                  RunOptions(cluster=ClusterOptions(n_workers=2), task_seconds=float(TASK_SECONDS), progress=False))
-    assert s.complete
-    return Path(s.path)
+    cache = {}
+
+    def get(**kw):
+        key = tuple(sorted(kw.items()))
+        if key not in cache:
+            d = tmp_path_factory.mktemp("slurm-ref")
+            s = run_sweep(str(write_spec(d, name="ref", **kw)),
+                          RunOptions(cluster=ClusterOptions(n_workers=2), progress=False))
+            assert s.complete
+            cache[key] = Path(s.path)
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture
+def reference(local_cube):
+    return local_cube(**SPEC_KW)
 
 
 def jobqueue_yaml(tmp_path, lifetime=None):
@@ -67,14 +81,14 @@ def jobqueue_yaml(tmp_path, lifetime=None):
 class Run:
     """`escape-sweep run SPEC --cluster slurm --jobs N` as a child process (own session), output to files."""
 
-    def __init__(self, tmp_path, spec, jq, tag="run", jobs=2, quiet=False):
+    def __init__(self, tmp_path, spec, jq, tag="run", jobs=2, quiet=False, task_seconds=TASK_SECONDS):
         self.tmp_path, self.logdir = tmp_path, tmp_path / "joblogs"
         self.out_path, self.err_path = tmp_path / f"{tag}.out", tmp_path / f"{tag}.err"
         env = os.environ | {"PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT),
                             # forget a vanished worker after 1 s (default 15 s), so its job is replaced soon
                             "DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": "1s"}
         argv = [sys.executable, "-m", "pipeline", "run", str(spec), "--cluster", "slurm", "--jobs", str(jobs),
-                "--jobqueue-config", str(jq), "--task-seconds", TASK_SECONDS] + (["-q"] if quiet else [])
+                "--jobqueue-config", str(jq), "--task-seconds", str(task_seconds)] + (["-q"] if quiet else [])
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.p = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
                                       cwd=tmp_path, start_new_session=True)
@@ -138,7 +152,7 @@ def spec(tmp_path):
     return write_spec(tmp_path, name="s", **SPEC_KW)
 
 
-def planned(spec_path, done=None):
+def planned(spec_path, done=None, task_seconds=TASK_SECONDS):
     """(chunks, tasks) a fresh run of the spec submits, or with `done` (a resume) the missing ones."""
     import numpy as np
 
@@ -146,10 +160,10 @@ def planned(spec_path, done=None):
     from pipeline.sweep.spec import load_spec
 
     s = load_spec(str(spec_path))
-    chunks = partition.chunk_shape(s, float(TASK_SECONDS))
+    chunks = partition.chunk_shape(s, float(task_seconds))
     done = np.zeros(partition.chunk_grid(s, chunks), bool) if done is None else done
     missing = [tuple(int(i) for i in idx) for idx in zip(*(~done).nonzero())]
-    tasks = sum(len(partition.tasks_for_chunk(s, chunks, idx, s.pits(), float(TASK_SECONDS))) for idx in missing)
+    tasks = sum(len(partition.tasks_for_chunk(s, chunks, idx, s.pits(), float(task_seconds))) for idx in missing)
     return len(missing), tasks
 
 
@@ -177,21 +191,25 @@ def test_sweep_through_real_slurm_equals_local_run(tmp_path, slurm_queue, refere
     assert_cubes_equal(tmp_path / "s.zarr", reference)
 
 
-def test_workers_retire_and_jobs_are_replaced_mid_sweep(tmp_path, slurm_queue, reference, spec):
+def test_workers_retire_and_jobs_are_replaced_mid_sweep(tmp_path, slurm_queue, local_cube):
     """--lifetime 4s --lifetime-stagger 1s: every worker retires long before the sweep is done and
-    dask-jobqueue submits fresh jobs through sbatch; the cube does not change."""
-    run = Run(tmp_path, spec, jobqueue_yaml(tmp_path, lifetime=("4s", "1s")), quiet=True)
+    dask-jobqueue submits fresh jobs through sbatch; the cube does not change. Twice the walkers in
+    tasks of half the size: more work than two worker lifetimes even on a fast machine, yet tasks far
+    shorter than a lifetime (a task still running at retirement is rerun elsewhere) on a loaded one."""
+    kw = dict(SPEC_KW, walkers=2 * SPEC_KW["walkers"])
+    spec = write_spec(tmp_path, name="s", **kw)
+    run = Run(tmp_path, spec, jobqueue_yaml(tmp_path, lifetime=("4s", "1s")), quiet=True, task_seconds="0.25")
     try:
         assert run.wait() == 0, run.text()
     finally:
         run.kill()
-    chunks, tasks = planned(spec)
+    chunks, tasks = planned(spec, task_seconds="0.25")
     assert run.summary() == (chunks, 0, chunks, tasks)
     logs = run.job_logs()
     assert len(logs) > 2, f"no job was replaced: {sorted(logs)}"
     assert any("worker-lifetime-reached" in t for t in logs.values()), logs
     _no_jobs_left(slurm_queue, run)
-    assert_cubes_equal(tmp_path / "s.zarr", reference)
+    assert_cubes_equal(tmp_path / "s.zarr", local_cube(**kw))
 
 
 def test_ctrl_c_cancels_every_submitted_job(tmp_path, slurm_queue, spec):
