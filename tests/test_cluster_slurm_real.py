@@ -34,8 +34,8 @@ RUN_TIMEOUT = 300
 
 @pytest.fixture(scope="session")
 def local_cube(tmp_path_factory):
-    """local_cube(**spec_kw): the sweep computed on the embedded local cluster (once per spec in the
-    session): what every SLURM run of that spec must reproduce."""
+    """local_cube(**spec_kw): the Summary of the sweep computed on the embedded local cluster with two
+    workers (once per spec in the session): its cube is what every SLURM run of that spec must reproduce."""
     pytest.importorskip("dask_jobqueue")
     from pipeline import run_sweep
     from pipeline.deploy import ClusterOptions
@@ -50,7 +50,7 @@ def local_cube(tmp_path_factory):
             s = run_sweep(str(write_spec(d, name="ref", **kw)),
                           RunOptions(cluster=ClusterOptions(n_workers=2), progress=False))
             assert s.complete
-            cache[key] = Path(s.path)
+            cache[key] = s
         return cache[key]
 
     return get
@@ -58,7 +58,7 @@ def local_cube(tmp_path_factory):
 
 @pytest.fixture
 def reference(local_cube):
-    return local_cube(**SPEC_KW)
+    return Path(local_cube(**SPEC_KW).path)
 
 
 def jobqueue_yaml(tmp_path, lifetime=None):
@@ -192,13 +192,19 @@ def test_sweep_through_real_slurm_equals_local_run(tmp_path, slurm_queue, refere
 
 
 def test_workers_retire_and_jobs_are_replaced_mid_sweep(tmp_path, slurm_queue, local_cube):
-    """--lifetime 4s --lifetime-stagger 1s: every worker retires long before the sweep is done and
-    dask-jobqueue submits fresh jobs through sbatch; the cube does not change. Twice the walkers in
-    tasks of half the size: more work than two worker lifetimes even on a fast machine, yet tasks far
-    shorter than a lifetime (a task still running at retirement is rerun elsewhere) on a loaded one."""
+    """Worker --lifetime about a third of the sweep's computing time: every worker retires long before
+    the sweep is done and dask-jobqueue submits fresh jobs through sbatch; the cube does not change.
+
+    A task still running when its worker retires is cancelled and rerun elsewhere, so the lifetime must
+    leave room for a worker's start (imports, kernel load) and some tasks, however loaded the machine:
+    it is taken from the local run's computing time (a parameter, not an assertion), at least 3 s;
+    tasks of ~0.25 s and twice the walkers keep the sweep several lifetimes long on a fast machine too."""
     kw = dict(SPEC_KW, walkers=2 * SPEC_KW["walkers"])
+    ref = local_cube(**kw)
+    lifetime = min(max(3.0, ref.compute_seconds / 3), 30.0)
     spec = write_spec(tmp_path, name="s", **kw)
-    run = Run(tmp_path, spec, jobqueue_yaml(tmp_path, lifetime=("4s", "1s")), quiet=True, task_seconds="0.25")
+    jq = jobqueue_yaml(tmp_path, lifetime=(f"{lifetime:.0f}s", f"{lifetime / 4:.0f}s"))
+    run = Run(tmp_path, spec, jq, quiet=True, task_seconds="0.25")
     try:
         assert run.wait() == 0, run.text()
     finally:
@@ -206,10 +212,10 @@ def test_workers_retire_and_jobs_are_replaced_mid_sweep(tmp_path, slurm_queue, l
     chunks, tasks = planned(spec, task_seconds="0.25")
     assert run.summary() == (chunks, 0, chunks, tasks)
     logs = run.job_logs()
-    assert len(logs) > 2, f"no job was replaced: {sorted(logs)}"
+    assert len(logs) > 2, f"no job was replaced (lifetime {lifetime:.0f} s): {sorted(logs)}"
     assert any("worker-lifetime-reached" in t for t in logs.values()), logs
     _no_jobs_left(slurm_queue, run)
-    assert_cubes_equal(tmp_path / "s.zarr", local_cube(**kw))
+    assert_cubes_equal(tmp_path / "s.zarr", ref.path)
 
 
 def test_ctrl_c_cancels_every_submitted_job(tmp_path, slurm_queue, spec):
