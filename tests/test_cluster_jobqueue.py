@@ -225,12 +225,14 @@ def test_sweep_outlives_walltime_through_fake_slurm(tmp_path, fake_slurm, monkey
     from pipeline import run_sweep
     from pipeline.sweep.runner import RunOptions
 
-    # ~6 s of kernel work on two workers: longer than the 4 s worker lifetime, so jobs must be replaced
-    kw = dict(walkers=20000, T="{start = 0.006, stop = 0.009, num = 24}", steps="[100, 20000]", batch_size="[1]")
+    # ~7 s of kernel work on two workers: longer than the 4 s worker lifetime, so jobs must be replaced;
+    # tasks of ~0.25 s, far shorter than a lifetime even on a loaded machine (a task still running when its
+    # worker retires is rerun elsewhere: tasks longer than the lifetime would never finish)
+    kw = dict(walkers=12000, T="{start = 0.006, stop = 0.009, num = 24}", steps="[100, 20000]", batch_size="[1]")
     f = write_spec(tmp_path, name="s", **kw)
     monkeypatch.setenv(deploy.JOBQUEUE_ENV, str(_fake_yaml(tmp_path, lifetime="4s", stagger="1s")))
     with dask.config.set({"distributed.deploy.lost-worker-timeout": "1s"}):
-        assert main(["run", str(f), "--cluster", "slurm", "--jobs", "2", "--task-seconds", "0.5", "-q"]) == 0
+        assert main(["run", str(f), "--cluster", "slurm", "--jobs", "2", "--task-seconds", "0.25", "-q"]) == 0
     jobs = sorted(fake_slurm.glob("job-*.sh"))
     logs = "".join(p.read_text() for p in fake_slurm.glob("job-*.log"))
     assert len(jobs) > 2, "no job was replaced"
@@ -281,3 +283,34 @@ def test_ctrl_c_cancels_the_worker_jobs(tmp_path, fake_slurm):
     while _live_members(groups) and time.time() < deadline:
         time.sleep(0.2)
     assert not _live_members(groups), "a worker job outlived Ctrl-C"
+
+
+def test_dashboard_link_is_where_the_dashboard_listens(tmp_path):
+    """The scheduler on one address (the compute-node-facing one; here 127.0.0.2), the dashboard on
+    127.0.0.1 (the yaml's dashboard_address): the printed link names 127.0.0.1, not the scheduler's host."""
+    from distributed import Client
+
+    path, _ = _local_copy(tmp_path, "slurm")
+    doc = yaml.safe_load(path.read_text())
+    doc["jobqueue"]["slurm"]["scheduler-options"]["host"] = "127.0.0.2"
+    path.write_text(yaml.safe_dump(doc))
+    cluster = deploy.jobqueue_cluster("slurm", ClusterOptions(cluster="slurm", jobqueue_config=str(path)),
+                                      start_jobs=False)
+    try:
+        with Client(cluster) as client:
+            assert client.scheduler.address.startswith("tcp://127.0.0.2:")
+            assert client.dashboard_link.startswith("http://127.0.0.2:")  # what Client says
+            port = cluster.scheduler.http_server.port
+            assert deploy.dashboard_link(client) == f"http://127.0.0.1:{port}/status"
+            assert deploy.job_counts(client) == (0, 0, 0)  # no job requested yet
+    finally:
+        cluster.close()
+
+
+def test_job_counts_only_for_batch_clusters():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as lc, \
+            Client(lc) as client:
+        assert deploy.job_counts(client) is None
+        assert deploy.dashboard_link(client) == client.dashboard_link

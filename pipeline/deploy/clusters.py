@@ -253,6 +253,40 @@ def pbs_cluster(opts: ClusterOptions):
     return jobqueue_cluster("pbs", opts)
 
 
+def dashboard_link(client) -> str | None:
+    """The dashboard URL where it really listens. `Client.dashboard_link` puts the dashboard's
+    port on the scheduler's host, which for dask-jobqueue is the cluster-facing interface even
+    though the dashboard binds 127.0.0.1 (`scheduler-options: dashboard_address`); when the
+    scheduler runs in this process, take the host and port its HTTP server is bound to."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    link = client.dashboard_link
+    server = getattr(getattr(getattr(client, "cluster", None), "scheduler", None), "http_server", None)
+    host, port = getattr(server, "address", None), getattr(server, "port", None)
+    if not link or not host or not port or host in ("0.0.0.0", "::"):  # all interfaces: any host will do
+        return link
+    host = f"[{host}]" if ":" in host else host
+    return urlunsplit(urlsplit(link)._replace(netloc=f"{host}:{port}"))
+
+
+def job_counts(client) -> tuple[int, int, int] | None:
+    """(requested, running, pending) batch jobs of a dask-jobqueue cluster, None for other
+    clusters. Requested: the jobs the cluster keeps alive (--jobs); running: jobs whose worker
+    is connected to the scheduler; pending: requested but no worker connected (queued in the
+    batch system, starting, or just ended and not yet replaced)."""
+    cluster = getattr(client, "cluster", None)
+    if "dask_jobqueue" not in sys.modules or cluster is None:
+        return None
+    import dask_jobqueue
+
+    if not isinstance(cluster, dask_jobqueue.core.JobQueueCluster):
+        return None
+    names = list(cluster.worker_spec)  # list() and .values() copy at once: the event loop thread updates both
+    joined = {w.get("name") for w in list(((cluster.scheduler_info or {}).get("workers") or {}).values())}
+    requested, running = len(names), len([name for name in names if name in joined])
+    return requested, running, requested - running
+
+
 # --------------------------------------------------------------------------- registry
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import grow, partition, store
 from ..deploy import ClusterOptions, open_client
+from ..deploy.clusters import dashboard_link, job_counts
 from ..errors import InputError, StoreMismatch
 from ..model import backends
 from .spec import Spec, load_spec
@@ -57,6 +58,8 @@ class Summary:
     workers: int = 0
     window: int = 0
     method: str = "montecarlo"
+    jobs: tuple[int, int, int] | None = None  # batch jobs (requested, running, pending) when computing ended
+    jobs_running_max: int = 0  # most batch jobs with a connected worker at once
 
     @property
     def rate(self) -> float:
@@ -70,12 +73,21 @@ class Summary:
             return (f"{'done' if self.complete else 'stopped'}: {self.path}: {self.cells} cells solved by the "
                     f"exact solver in {self.wall_seconds:.1f} s wall ({self.compute_seconds:.1f} s computing on "
                     f"{self.workers} workers); chunks computed {self.chunks_computed}, already done "
-                    f"{self.chunks_done_before}, total {self.chunks_total}; tasks submitted {self.tasks_submitted}")
+                    f"{self.chunks_done_before}, total {self.chunks_total}; tasks submitted {self.tasks_submitted}"
+                    f"{self.jobs_text()}")
         return (f"{'done' if self.complete else 'stopped'}: {self.path}: {self.cells} cells, "
                 f"{self.walkers} walkers, {self.walker_steps:.4g} walker-steps in {self.wall_seconds:.1f} s "
                 f"wall ({self.rate:.3g} walker-steps/s with start-up{compute}); chunks computed {self.chunks_computed}, "
                 f"already done {self.chunks_done_before}, total {self.chunks_total}; "
-                f"tasks submitted {self.tasks_submitted}")
+                f"tasks submitted {self.tasks_submitted}{self.jobs_text()}")
+
+    def jobs_text(self) -> str:
+        """'; jobs requested R, running N, pending P (...)' for dask-jobqueue runs, else ''."""
+        if self.jobs is None:
+            return ""
+        requested, running, pending = self.jobs
+        return (f"; jobs requested {requested}, running {running}, pending {pending} when computing ended "
+                f"(at most {self.jobs_running_max} running at once)")
 
 
 def _check_parent(where) -> None:
@@ -352,11 +364,11 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
     edges = partition.spec_edges(spec)
     group = st.group()
     progress = _Progress(planner.total, opts.progress)
-    summary.dashboard = client.dashboard_link
+    summary.dashboard = dashboard_link(client)
     if opts.progress:
         print(f"escape-sweep: {spec.name}: {planner.total} chunks to compute "
               f"({summary.chunks_done_before} already done) on {client.scheduler.address}", file=sys.stderr)
-        print(f"escape-sweep: dashboard {client.dashboard_link}", file=sys.stderr, flush=True)
+        print(f"escape-sweep: dashboard {summary.dashboard}", file=sys.stderr, flush=True)
     nthreads = sum(client.nthreads().values()) or 1
     window = 2 * nthreads + 2
     summary.workers, summary.window = nthreads, window
@@ -392,8 +404,17 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
             submit(1)
             for chunk in pop_ready():
                 write(chunk)
+            _note_jobs(client, summary)
             progress.update(summary.chunks_computed, summary.walker_steps)
         progress.update(summary.chunks_computed, summary.walker_steps, force=True)
         summary.compute_seconds = time.perf_counter() - t_start
     finally:
+        _note_jobs(client, summary)
         progress.close()
+
+
+def _note_jobs(client, summary):
+    """Batch jobs requested / running / pending now (dask-jobqueue clusters only)."""
+    summary.jobs = job_counts(client)
+    if summary.jobs:
+        summary.jobs_running_max = max(summary.jobs_running_max, summary.jobs[1])
