@@ -18,6 +18,7 @@ pipeline.model.landscape only.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -129,7 +130,7 @@ def run_length(T, depth=1.0, width=0.1, max_steps=100_000) -> int:
     """n*(T): pure l0 steps W <- W - T g0(W) from l1's pit minimum until W > l1's barrier
     (0 if never within max_steps: then escape by all-l0 runs is impossible)."""
     T = check_positive("T", T)
-    pit = find_pit(depth, width)
+    pit = _find_pit(float(depth), float(width))
     w = pit.w_start
     for n in range(1, max_steps + 1):
         w = w - T * float(g0(w))
@@ -178,11 +179,17 @@ def _curv(w, depth, width, eps=1e-6):
     return (g(w + eps) - g(w - eps)) / (2.0 * eps)
 
 
+@functools.lru_cache(maxsize=256)
+def _find_pit(depth: float, width: float):
+    return find_pit(depth, width)
+
+
+@functools.lru_cache(maxsize=256)
 def mean_loss_pit(depth=1.0, width=0.1) -> MeanLossPit | None:
     """The mean loss's pit (None if Lbar has no pit: then the barrier laws say nothing).
     Lbar = l1 with depth / 2, so find_pit(depth / 2, width) finds its stationary points."""
     try:
-        p = find_pit(0.5 * depth, width)
+        p = _find_pit(0.5 * depth, width)
     except ValueError:
         return None
     Lbar = lambda w: float(l1(w, 0.5 * depth, width))  # noqa: E731
@@ -206,7 +213,7 @@ def kramers_tau(T, batch_size, depth=1.0, width=0.1) -> float:
     at the minimum, D = T C / 2, C = gpit(w_min)^2 / (4B):
     tau = 2 pi / (T sqrt(Lbar''_min |Lbar''_max|)) exp(dLbar / D)."""
     T, B, _ = _cell(T, batch_size, depth, width)
-    m = mean_loss_pit(depth, width)
+    m = mean_loss_pit(float(depth), float(width))
     if m is None:
         return math.nan
     D = T * (m.noise_min / B) / 2.0
@@ -218,7 +225,7 @@ def xie_tau(T, batch_size, depth=1.0, width=0.1, s=XIE_S) -> float:
     noise model is C = H / B (Fisher ~ Hessian near critical points), eta = T:
     tau = 2 pi / (T sqrt(H_a |H_b|)) exp[(2 B dL / T) (s / H_a + (1 - s) / |H_b|)]."""
     T, B, _ = _cell(T, batch_size, depth, width)
-    m = mean_loss_pit(depth, width)
+    m = mean_loss_pit(float(depth), float(width))
     if m is None:
         return math.nan
     return _prefactor(T, m) + (2.0 * B * m.dL / T) * (s / m.h_min + (1.0 - s) / m.h_max)
@@ -230,7 +237,7 @@ def mori_tau(T, batch_size, depth=1.0, width=0.1) -> float:
     mean loss is 0), n = 1 outlier direction, h* = Lbar''(min), eta = T:
     tau = 2 pi / (T sqrt(h* |h_s|)) (L_s / L_*)^(B / (T h*) + 1 - n/2)."""
     T, B, _ = _cell(T, batch_size, depth, width)
-    m = mean_loss_pit(depth, width)
+    m = mean_loss_pit(float(depth), float(width))
     if m is None:
         return math.nan
     Ls, La = m.L_max - m.L_floor, m.L_min - m.L_floor
@@ -253,4 +260,4 @@ def ln_tau(law: str, T, batch_size, depth=1.0, width=0.1) -> float:
 def _cell(T, batch_size, depth, width):
     T = check_positive("T", T)
     B = check_int("batch_size", batch_size, 1)
-    return T, B, find_pit(depth, width)
+    return T, B, _find_pit(float(depth), float(width))
