@@ -65,7 +65,7 @@ def test_plot_cube_png_with_errorbars(cube, tmp_path):
     assert fig.axes[0].get_xscale() == "log"
 
 
-@pytest.mark.parametrize("name", sorted(set(presets.PRESETS) - {"markov"}))  # markov: below
+@pytest.mark.parametrize("name", sorted(set(presets.PRESETS) - {"markov", "theory"}))  # markov: below; theory: test_theory.py
 def test_presets(cube, tmp_path, name):
     out = tmp_path / f"{name}.png"
     fig = presets.preset(cube, name, out=out)

@@ -6,4 +6,5 @@ PRESETS = {
     "survival": "survival curves S(n) for a few T from escape_hist",
     "batch": "ln tau against batch size B for a few T",
     "markov": "Monte Carlo escape time and Markov-chain MFPT against T (cubes with mfpt)",
+    "theory": "ln tau against 1/T: exact, Monte Carlo and each law, with a residual panel (escape-sweep theory)",
 }

@@ -1,4 +1,4 @@
-"""The analysis subcommands `fit`, `plot` and `report`: their arguments and handlers.
+"""The analysis subcommands `fit`, `plot`, `report` and `theory`: their arguments and handlers.
 
 Only argparse at import time (so `escape-sweep --help` stays fast); each handler imports its
 module when it runs. Bad input raises `InputError`, which the CLI turns into one line, exit 2.
@@ -53,6 +53,22 @@ def add_parsers(subparsers) -> None:
     p.add_argument("-o", "--output", required=True, metavar="HTML", help="output file (report.html)")
     p.add_argument("--budget", type=int, default=None, metavar="N", help="fits for step budget N only (default: all)")
     p.set_defaults(func=report)
+
+    p = subparsers.add_parser(
+        "theory", help="which law predicts the escape time: each law against the exact tau; store in STORE/theory",
+        description="Evaluate the escape-time laws of pipeline.model.laws (diffusion MFPT, run law, Kramers, "
+                    "Xie et al. 2021, Mori et al. 2022) on every (T, batch_size, depth, width) cell and compare them "
+                    "with the exact tau (the cube's mfpt, else the Markov solver on the fly): per law and batch size "
+                    "the median and worst |ln tau_law - ln tau_exact|, the share within a factor 2, and the slope of "
+                    "ln tau against 1/T next to the exact slope; stored in the cube's theory/ group.")
+    p.add_argument("store", metavar="STORE", help=STORE_HELP)
+    p.add_argument("--sel", nargs="+", action="extend", default=[], metavar="DIM=VALUE",
+                   help="keep the nearest coordinate value(s) of a dim (DIM=V1,V2 keeps several); repeatable")
+    p.add_argument("--range", nargs="+", action="extend", default=[], metavar="DIM=LO:HI",
+                   help="keep LO <= DIM <= HI (either end may be empty); repeatable")
+    p.add_argument("--format", choices=("text", "csv", "json"), default="text", help="output format (default text)")
+    p.add_argument("--no-save", action="store_true", help="do not write STORE/theory")
+    p.set_defaults(func=theory)
 
 
 def parse_range(text: str, option: str = "--T-range") -> tuple[float, float]:
@@ -111,4 +127,33 @@ def report(args) -> int:
     ds = fits.load_cube(args.store)
     titles = write_report(ds, args.output, source=args.store, budget=args.budget)
     print(f"{args.output} ({len(titles)} figures)")
+    return 0
+
+
+def theory(args) -> int:
+    from . import fits
+    from . import theory as _theory
+    from .select import apply_range, apply_sel, parse_sel
+
+    ds = fits.load_cube(args.store)
+    sel = parse_sel(args.sel)
+    full = ds
+    ds = apply_range(apply_sel(ds, sel), args.range)
+    budget = None
+    if "steps" in sel:
+        budget = int(ds["steps"].values[0])
+    th = _theory.theory_cube(ds, budget=budget)
+    if not getattr(args, "no_save", False) and "://" not in str(args.store):
+        if ds.sizes != full.sizes:
+            th.attrs["selection"] = " ".join(list(args.sel) + list(args.range))
+        try:
+            _theory.write_theory(th, args.store)
+        except OSError as e:
+            print(f"escape-sweep: warning: theory not stored in {args.store}/{_theory.THEORY_GROUP}: {e}", file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps(_theory.to_json(th), indent=1, allow_nan=False))
+    elif args.format == "csv":
+        print(_theory.format_csv(th))
+    else:
+        print(_theory.format_text(th))
     return 0

@@ -219,6 +219,86 @@ def preset_markov(ds, sel=None, out=None):
     return fig
 
 
+LAW_STYLE = {"diffusion": ("tab:blue", "-"), "runs": ("tab:orange", "--"), "kramers": ("tab:purple", ":"),
+             "xie": ("tab:green", "-."), "mori": ("tab:brown", (0, (5, 1, 1, 1)))}
+RESIDUAL_SPAN = 8.0  # residual panel: +-this many e-folds; laws beyond are clipped and named
+
+
+def preset_theory(ds, sel=None, out=None, max_columns: int = 4, th=None):
+    """ln tau against 1/T for each batch size (one column each, up to max_columns): the exact tau
+    (solid black), Monte Carlo points with 95% intervals (largest budget), each law of
+    pipeline.model.laws as a line over the cube's own T values (never past them); below, the
+    residual ln tau_law - ln tau_exact with a factor-2 band. Seed pit unless --sel says otherwise.
+    `th` (from analysis.theory.evaluate) skips the evaluation."""
+    from . import theory as _theory
+    from ..model.laws import LAW_TITLES
+
+    sel = dict(sel or {})
+    sel.setdefault("steps", int(ds["steps"].max()))
+    d = _default_sel(ds, sel, keep=("batch_size",))
+    for dim in ("depth", "width"):
+        if d.sizes[dim] != 1:
+            raise SelectionError(f"preset theory: pick one {dim} with --sel {dim}=VALUE ({dim} has {_describe(d[dim])})")
+    if d.sizes["batch_size"] > max_columns:
+        d = d.sel(batch_size=_pick(d["batch_size"].values, max_columns))
+    if th is None:
+        th = _theory.evaluate(d, budget=int(d["steps"].values[0]))
+    else:
+        th = th.sel(batch_size=d["batch_size"].values, depth=d["depth"].values, width=d["width"].values)
+    nB = th.sizes["batch_size"]
+    fig = _new_fig((3.3 * nB + 1.0, 6.2))
+    gs = fig.add_gridspec(2, nB, height_ratios=(2.2, 1.0), hspace=0.08, wspace=0.28)
+    inv = 1.0 / th["T"].values.astype(float)
+    order = np.argsort(inv)
+    inv = inv[order]
+    for j, B in enumerate(th["batch_size"].values):
+        c = th.sel(batch_size=B).isel(depth=0, width=0).isel(T=order)
+        ax = fig.add_subplot(gs[0, j])
+        axr = fig.add_subplot(gs[1, j], sharex=ax)
+        ex = c["ln_tau_exact"].values
+        mc, lo, hi = (c[k].values for k in ("ln_tau_mc", "ln_tau_mc_low", "ln_tau_mc_high"))
+        ok = np.isfinite(mc)
+        data = np.concatenate([ex[np.isfinite(ex)], lo[ok], hi[ok]])
+        ymin, ymax = (float(data.min()), float(data.max())) if data.size else (0.0, 1.0)
+        pad = max(1.0, 0.15 * (ymax - ymin))
+        off = []
+        for law in c["law"].values:
+            y = c["ln_tau_law"].sel(law=law).values
+            color, ls = LAW_STYLE.get(str(law), ("0.4", "-"))
+            good = np.isfinite(y)
+            ax.plot(inv[good], y[good], color=color, ls=ls, lw=1.3, label=LAW_TITLES.get(str(law), str(law)))
+            r = c["residual"].sel(law=law).values
+            rg = np.isfinite(r)
+            axr.plot(inv[rg], np.clip(r[rg], -RESIDUAL_SPAN, RESIDUAL_SPAN), color=color, ls=ls, lw=1.3)
+            if rg.any() and np.abs(r[rg]).min() > RESIDUAL_SPAN:
+                off.append(f"{law} ({np.median(r[rg]):+.0f})")
+        ax.plot(inv[np.isfinite(ex)], ex[np.isfinite(ex)], color="k", lw=2.0, label="exact (Markov chain)", zorder=5)
+        if ok.any():
+            ax.errorbar(inv[ok], mc[ok], yerr=[mc[ok] - lo[ok], hi[ok] - mc[ok]], fmt="o", ms=3.5, color="tab:red",
+                        ecolor="tab:red", capsize=2, lw=0.9, label=f"Monte Carlo (steps = {th.attrs.get('mc_budget')})",
+                        zorder=6)
+        ax.set_ylim(ymin - pad, ymax + pad)
+        ax.set_title(f"B = {int(B)}", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelbottom=False)
+        axr.axhspan(-math.log(2.0), math.log(2.0), color="0.85", lw=0)
+        axr.axhline(0.0, color="k", lw=1.0)
+        axr.set_ylim(-RESIDUAL_SPAN - 0.5, RESIDUAL_SPAN + 0.5)
+        axr.set_xlabel("1 / T")
+        axr.grid(True, alpha=0.3)
+        if off:
+            axr.text(0.02, 0.04, "clipped: " + ", ".join(off), transform=axr.transAxes, fontsize=6.5, color="0.3")
+        if j == 0:
+            ax.set_ylabel("ln tau [ln(steps)]")
+            axr.set_ylabel("ln tau_law - ln tau_exact")
+    fig.axes[0].legend(fontsize=7, frameon=False, loc="upper left")
+    fig.suptitle("Which law predicts the escape time?  grey band: within a factor 2"
+                 + _cell_title(d, ("depth", "width")).replace("\n", "  "), fontsize=10)
+    if out is not None:
+        save(fig, out)
+    return fig
+
+
 PRESETS = {name: (globals()[f"preset_{name}"], text) for name, text in CATALOG.items()}
 
 

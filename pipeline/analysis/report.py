@@ -243,12 +243,53 @@ def _unbounded_section(f: xr.Dataset) -> str:
             "<ul class=cells>" + "".join(f"<li>{_e(s)}</li>" for s in lines) + "</ul>")
 
 
+THEORY_TITLE = "Which theory predicts the escape time?"
+
+
+def _theory_section(ds: xr.Dataset, budget) -> tuple[str, str | None]:
+    """The laws against the exact tau (figure + table) where the cube has mfpt; else why not.
+    Returns (HTML, title of the embedded figure or None)."""
+    if "mfpt" not in ds:
+        return ("<p>Not shown: the cube has no exact tau (<code>mfpt</code>); run the sweep with "
+                "<code>method = \"markov\"</code> or <code>\"both\"</code>, or run <code>escape-sweep theory STORE</code>, "
+                "which solves the chain on the fly.</p>", None)
+    from . import theory as _theory
+    from ..model.laws import LAW_TITLES
+
+    th = _theory.theory_cube(ds, budget=budget)
+    rows = []
+    for r in _theory.records(th):
+        w = r["within_factor_2"]
+        rows.append([_e(LAW_TITLES.get(r["law"], r["law"])), r["batch_size"], r["n_cells"], _n(r["median_abs_residual"], 3),
+                     _n(r["worst_abs_residual"], 3), "&ndash;" if w is None else f"{w:.0%}", _n(r["slope"]),
+                     _n(r["slope_exact"])])
+    table = _table(["law", "B", "cells", "median |&Delta;ln tau|", "worst |&Delta;ln tau|", "within 2&times;",
+                    "slope law", "slope exact"], rows, left=(0,))
+    fig_html, title = "", None
+    try:
+        fig = presets.preset_theory(ds, th=th, sel={"steps": int(th.attrs["mc_budget"])})
+        title = "Theory against the exact escape time"
+        fig_html = (f'<figure><img alt="{_e(title)}" src="data:image/png;base64,{_png(fig)}"><figcaption><b>{_e(title)}.'
+                    "</b> ln tau against 1/T per batch size (seed pit): exact chain (black), Monte Carlo (red, 95% "
+                    "bounds), each law as a line over the cube's T values; below, ln tau_law &minus; ln tau_exact "
+                    "(grey: within a factor 2; laws off the panel are clipped and named).</figcaption></figure>")
+    except (SelectionError, ValueError, KeyError) as e:
+        fig_html = f"<p class=warn>Figure not drawn: {_e(e)}</p>"
+    text = ("<p>Each law of <code>pipeline.model.laws</code> (DESIGN.md section 7) against the exact mean escape "
+            f"time ({_e(th.attrs.get('exact_source'))}): per law and batch size, over every T and pit, the median and "
+            "worst |ln tau<sub>law</sub> &minus; ln tau<sub>exact</sub>|, the share of cells within a factor 2, and "
+            "the slope of ln tau against 1/T (median over pits) next to the exact slope over the same cells. "
+            "Stored by <code>escape-sweep theory</code> in the cube's <code>theory/</code> group.</p>")
+    return text + fig_html + table, title
+
+
 def render_report(ds: xr.Dataset, source=None, budget=None) -> tuple[str, list[str]]:
     """The HTML text and the titles of the embedded figures."""
     _fits.check_cube(ds, str(source or "dataset"))
     ds = ds.load()
     f = _fits.fit_cube(ds, budget=budget)
     figs = _figures(ds, budget)
+    theory_html, theory_title = _theory_section(ds, budget)
     name = ds.attrs.get("name", "") or (Path(str(source)).stem if source else "cube")
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     fig_html = []
@@ -261,7 +302,7 @@ def render_report(ds: xr.Dataset, source=None, budget=None) -> tuple[str, list[s
     body = f"""
 <h1>escape-sweep report: {_e(name)}</h1>
 <p class=sub>{_e(source or '')} &middot; spec hash {_e(ds.attrs.get('spec_hash', '?'))} &middot; report made {now}</p>
-<nav><a href="#axes">Axes</a><a href="#figures">Figures</a><a href="#fits">Fits</a><a href="#memory">Memorylessness</a>
+<nav><a href="#axes">Axes</a><a href="#figures">Figures</a><a href="#fits">Fits</a><a href="#theory">Theory</a><a href="#memory">Memorylessness</a>
 <a href="#unbounded">Unbounded cells</a><a href="#prov">Provenance</a><a href="#spec">Spec</a></nav>
 <h2 id=axes>Axes</h2>
 {_axes(ds)}
@@ -274,6 +315,8 @@ chi-square bounds; 95% intervals from Student's t with n &minus; 2 dof. Stored b
 cube's <code>fits/</code> group.</p>
 {_fit_section(f)}
 {_window_section(ds, budget)}
+<h2 id=theory>{_e(THEORY_TITLE)}</h2>
+{theory_html}
 <h2 id=memory>Memorylessness</h2>
 {_memoryless_section(f, ds)}
 <h2 id=unbounded>Cells without a bounded escape time</h2>
@@ -286,7 +329,7 @@ cube's <code>fits/</code> group.</p>
     page = (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>escape-sweep report: {_e(name)}</title>"
             f"<meta name=viewport content='width=device-width, initial-scale=1'><style>{CSS}</style></head>"
             f"<body>{body}</body></html>\n")
-    return page, [t for t, _, b in figs if b is not None]
+    return page, [t for t, _, b in figs if b is not None] + ([theory_title] if theory_title else [])
 
 
 def write_report(ds: xr.Dataset, out, source=None, budget=None) -> list[str]:
