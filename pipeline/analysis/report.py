@@ -275,7 +275,7 @@ def _theory_section(ds: xr.Dataset, budget) -> tuple[str, str | None]:
                     "(grey: within a factor 2; laws off the panel are clipped and named).</figcaption></figure>")
     except (SelectionError, ValueError, KeyError) as e:
         fig_html = f"<p class=warn>Figure not drawn: {_e(e)}</p>"
-    text = ("<p>Each law of <code>pipeline.model.laws</code> (DESIGN.md section 7) against the exact mean escape "
+    text = ("<p>Each law of <code>pipeline.model.laws</code> (DESIGN.md section 8) against the exact mean escape "
             f"time ({_e(th.attrs.get('exact_source'))}): per law and batch size, over every T and pit, the median and "
             "worst |ln tau<sub>law</sub> &minus; ln tau<sub>exact</sub>|, the share of cells within a factor 2, and "
             "the slope of ln tau against 1/T (median over pits) next to the exact slope over the same cells. "
