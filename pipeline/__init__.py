@@ -11,6 +11,7 @@ _PUBLIC = {
     "find_pit": "pipeline.model.landscape",
     "open_cube": "pipeline.sweep.store",
     "run_sweep": "pipeline.sweep.runner",
+    "refine": "pipeline.sweep.runner",
     "open_fits": "pipeline.analysis.fits",
 }
 __all__ = [*_PUBLIC, "__version__"]

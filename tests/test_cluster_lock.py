@@ -217,6 +217,7 @@ def test_object_store_urls_are_not_locked(tmp_path, capsys):
     assert "not locked out" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_store_refuse_each_other_and_a_killed_run_is_taken_over(tmp_path, procs):
     from helpers import write_spec
     from pipeline.sweep import store as cube

@@ -63,6 +63,7 @@ def test_batch_256_runs_and_reports_dropped_mass():
     assert frac == 1.0 and tau_lo <= r.mfpt <= tau_hi
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("T,B", [(0.01, 1), (0.012, 2), (0.01, 4)])
 def test_halving_the_spacing_stays_within_the_error_estimate(T, B):
     # Redo the reported estimator on a grid of half the spacing: it moves by less than the

@@ -59,6 +59,7 @@ def procs():
         p.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_paused_run_keeps_its_lock_and_finishes_the_same_cube(tmp_path, procs):
     f = write_spec(tmp_path, name="p", **SLOW)
     g = write_spec(tmp_path, name="q", **(SLOW | dict(walkers=1000)), path=str(tmp_path / "p.zarr"))

@@ -70,16 +70,17 @@ def _attrs(da, long_name, units, description):
     return da
 
 
-def cell_estimates(ds: xr.Dataset, conf: float = 0.95) -> xr.Dataset:
-    """ln tau with chi-square bounds, its log-space sigma and a status code for every cell."""
+def cell_estimates(ds: xr.Dataset, conf: float = 0.95, exact: bool = True) -> xr.Dataset:
+    """ln tau with its bounds, its log-space sigma and a status code for every cell: the exact
+    solver's tau where the cube has mfpt (unless exact=False), else the Monte Carlo censored MLE."""
     d = ds["n_escaped"].transpose(*DIMS5).values
     e = ds["exposure"].transpose(*DIMS5).values
     n = ds["n_walkers"].transpose(*DIMS5).values
     ln_tau, ln_lo, ln_hi, sigma = stats.ln_escape_time(d, e, conf)
     tau_low = stats.escape_time(d, e, conf)[1]
     status = np.where(n <= 0, NOT_RUN, np.where(~(e > 0), NO_EXPOSURE, np.where(d > 0, BOUNDED, NO_ESCAPES)))
-    exact = np.zeros(status.shape, bool)
-    if "mfpt" in ds:  # the exact solver's tau wherever it exists: no sampling error, only discretisation
+    use_exact, exact = exact, np.zeros(status.shape, bool)
+    if use_exact and "mfpt" in ds:  # the exact solver's tau wherever it exists: no sampling error, only discretisation
         tau = ds["mfpt"].broadcast_like(ds["n_walkers"]).transpose(*DIMS5).values.astype(float)
         rel = (ds["mfpt_rel_error"].broadcast_like(ds["n_walkers"]).transpose(*DIMS5).values.astype(float)
                if "mfpt_rel_error" in ds else np.zeros_like(tau))

@@ -92,7 +92,7 @@ def evaluate(ds: xr.Dataset, budget=None) -> xr.Dataset:
     budget = int(ds["steps"].max()) if budget is None else int(budget)
     if budget not in [int(s) for s in ds["steps"].values]:
         raise InputError(f"--budget {budget}: not a step budget of this cube")
-    cells = _fits.cell_estimates(ds.sel(steps=[budget])).isel(steps=0, drop=True)
+    cells = _fits.cell_estimates(ds.sel(steps=[budget]), exact=False).isel(steps=0, drop=True)
     ok = cells["cell_status"] == _fits.BOUNDED
     for name, src in (("ln_tau_mc", "ln_tau"), ("ln_tau_mc_low", "ln_tau_low"), ("ln_tau_mc_high", "ln_tau_high")):
         out[name] = cells[src].where(ok).transpose(*CELL_DIMS)

@@ -262,6 +262,19 @@ def _grow(spec: Spec, st: store.Store, growth: dict, opts: RunOptions, target=No
     return summary
 
 
+def refine(store_path, *, targets: dict | None = None, budget: int | None = None, allowed: dict | None = None,
+           max_walkers: int = 10_000_000, max_walker_steps: float = float("inf"), add_T: int = 0,
+           t_range: tuple[float, float] | None = None, rounds: int = 8, opts: RunOptions | None = None) -> list[dict]:
+    """`escape-sweep refine` from Python: see `refine_store`; targets default to
+    {"log10_escape_time": 0.03} (95% half-width in decades); allowed maps an axis to its eligible values."""
+    from .refine import RefineOptions, check_targets
+
+    ropts = RefineOptions(targets=check_targets(targets or {"log10_escape_time": 0.03}), budget=budget,
+                          allowed=allowed, max_walkers=max_walkers, max_walker_steps=max_walker_steps,
+                          add_T=add_T, t_range=t_range, rounds=rounds)
+    return refine_store(store_path, ropts, opts)
+
+
 def refine_store(where, ropts, opts: RunOptions | None = None) -> list[dict]:
     """Refine a complete cube in rounds (`refine.py`): each round adds walkers to the cells whose
     interval is wider than the target and, with add_T, T values where ln tau(1/T) is least resolved;
