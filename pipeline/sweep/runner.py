@@ -399,7 +399,7 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
 
     def write(chunk) -> None:
         st.write_chunk(chunk.index, chunk.slices, chunk.counts, edges, spec.method, chunk.walkers, group=group,
-                       backends=chunk.backends or ("none",))
+                       backends=chunk.backends or ("carried over",))
         summary.chunks_computed += 1
 
     submit(window)
