@@ -1,53 +1,11 @@
 """Exact mean first-passage time of the escape chain of DESIGN.md section 1, without sampling.
 
-The walker's state is one number W. Each step applies one of B + 1 maps
-
-    f_k(W) = W - T (g0(W) + (k / B) gpit(W)),   k ~ Binomial(B, 1/2),
-
-and the walker escapes at the first step n >= 1 with W_n > barrier (as in the numba kernel).
-The mean escape time m(W) solves m(W) = 1 + sum_k p_k m(f_k(W)), m = 0 past the barrier.
-
-Method (all steps counted in SGD steps):
-
-* Grid: nodes on [w_lo, barrier], dense right of the pit minimum and up to 4x coarser to its
-  left. Between nodes m is interpolated linearly, so the discrete problem is itself a Markov
-  chain on the nodes (the image f_k(x_i) is split between its two neighbouring nodes) with
-  an absorbing "escaped" state. w_lo is chosen so that no image of any node leaves the grid
-  on the left; this is checked on every grid, and the grid is widened when it fails (never
-  clipped); a ValueError is raised if widening cannot hold the chain.
-* The first few steps from the start are enumerated exactly (every batch sequence, up to
-  _PATH_CAP paths), and only then handed to the grid: at large T the maps expand, m is rough,
-  and interpolating m at the single start point is the least accurate thing the grid does.
-* Mean escape time: tau grows to 1e12 at T = 0.006, B = 1 and past 1e39 at B = 4, and the
-  direct system (I - P) m = 1 is then singular to working precision (its smallest eigenvalue is
-  ~1/tau; a float64 LU gives garbage, even negative tau, past tau ~ 1e15). So we use renewal at
-  an anchor node s (the most visited node): with the chain killed on return to s,
-
-      l(x) = E_x[steps to return to s or escape],   h(x) = P_x(escape before return to s),
-      g(x) = P_x(reach s before escape),            tau(x) = l(x) + g(x) l(s) / h(s).
-
-  The killed matrix I - P0 is a well-conditioned M-matrix; its sparse LU with diagonal pivots
-  (SuperLU, symmetric ordering) solves these with right-hand sides >= 0 using additions only,
-  so even h(s) ~ 1e-40 comes out to ~1e-13 relative accuracy (checked by a componentwise
-  residual, with iterative refinement if needed).
-* P(escape within n): the increments d_n = P^(n-1) a (a = one-step escape probability) are
-  summed at the start distribution: subtraction-free, so tiny probabilities keep their
-  relative accuracy (1 - survival would lose them). Once log(increment) is linear in n (the
-  quasi-stationary regime) the remaining budgets are summed as a geometric series.
-* Discretisation error: the solve is repeated with half the spacing (at least three grids) until
-  a Richardson estimate of the relative error of tau is below rel_tol (or the node cap is reached, which
-  warns). The chain's rounding adds variance ~h^2 per step, so convergence is second order
-  where m is smooth (low T: tau_h/2 - tau_h shrinks 3.4..4.5x per halving); there the
-  extrapolated tau_h/2 + (tau_h/2 - tau_h)/3 is reported when it is the better-supported value
-  (see `richardson`). At large T (the pit bottom is unstable for SGD past T ~ 2 / l1'' = 0.01,
-  and the walker bounces chaotically) m is rough, convergence is erratic at the 1e-4..1e-3
-  level, and the estimate is a heuristic there; narrow or deep pits (width 0.05, depth 2) at
-  T >~ 0.02 may end at the node cap with ~0.1-1% estimated error (Monte Carlo is cheap there).
-* Binomial weights below 1e-16 are dropped and the rest renormalised: the true chain differs by
-  excursions at rate <= dropped_mass per step, so tau * dropped_mass bounds the relative effect
-  (warned when above rel_tol).
-
-No Dask, no I/O.
+The walker's W is a Markov chain: each step applies one of B + 1 maps
+f_k(W) = W - T (g0(W) + (k / B) gpit(W)), k ~ Binomial(B, 1/2), and m(W) = 1 + sum_k p_k m(f_k(W)).
+It is discretised on a grid (linear interpolation makes the grid itself a chain), solved by
+renewal at an anchor node with a sparse M-matrix LU (accurate however large tau is), the first
+steps enumerated exactly, P(escape within n) summed subtraction-free, and the grid refined until a
+Richardson error estimate meets rel_tol. DESIGN.md section 7 is the full design. No Dask, no I/O.
 """
 
 from __future__ import annotations
