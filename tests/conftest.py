@@ -36,3 +36,21 @@ def slurm_queue(slurm):
     left = slurm.wait_no_jobs(30)
     slurm.cancel_all()
     assert not left, f"the test left SLURM jobs behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def cluster2():
+    """A LocalCluster with two single-thread worker processes on 127.0.0.1 (its scheduler address)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0") as c:
+        yield c.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def cluster1():
+    """A LocalCluster with one worker process on 127.0.0.1 (its scheduler address)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0") as c:
+        yield c.scheduler_address

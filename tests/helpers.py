@@ -112,3 +112,38 @@ def run_cli(argv):
 
     args = build_parser().parse_args([str(a) for a in argv])
     return args.func(args)
+
+
+def run_opts(address, **kw):
+    """RunOptions for a sweep on the scheduler at `address`, without the progress line."""
+    from pipeline.deploy import ClusterOptions
+    from pipeline.sweep.runner import RunOptions
+
+    return RunOptions(cluster=ClusterOptions(scheduler=address), progress=False, **kw)
+
+
+def kill_when_building(proc, parent, chunks=1, timeout=120):
+    """SIGKILL the process group of `proc` once the cube a grow/refine builds beside its store (in
+    `parent`) has `chunks` chunks done; returns that directory."""
+    from pipeline.sweep.store import Store
+
+    built = None
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            built = next((d for d in Path(parent).iterdir() if ".grow-" in d.name), None)
+            try:
+                if built is not None and Store(built).is_cube() and Store(built).chunk_count()[0] >= chunks:
+                    break
+            except Exception:  # being created
+                pass
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return built

@@ -2,30 +2,15 @@
 a fresh run of the bigger spec; anything but growth is refused; a killed grow resumes exactly."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from distributed import LocalCluster
 
-from helpers import assert_cubes_equal, write_spec
+from helpers import assert_cubes_equal, kill_when_building, run_opts, write_spec
 from pipeline import open_cube, run_sweep
 from pipeline.cli import main
-from pipeline.deploy import ClusterOptions
-from pipeline.sweep.runner import RunOptions
 from pipeline.sweep.store import Store
-
-
-@pytest.fixture(scope="module")
-def cluster2():
-    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0") as c:
-        yield c.scheduler_address
-
-
-def opts(address, **kw):
-    return RunOptions(cluster=ClusterOptions(scheduler=address), progress=False, **kw)
 
 
 SMALL = dict(walkers=150, T="[0.012, 0.02]", steps="[100, 1000]", batch_size="[2]", depth="[1.0]", width="[0.1]")
@@ -39,10 +24,10 @@ SMALL = dict(walkers=150, T="[0.012, 0.02]", steps="[100, 1000]", batch_size="[2
 def test_grown_cube_equals_a_fresh_run(tmp_path, cluster2, big):
     kw = dict(SMALL, **big)
     store = tmp_path / "g.zarr"
-    run_sweep(str(write_spec(tmp_path, name="small", path=str(store), **SMALL)), opts(cluster2, task_seconds=1e-3))
-    s = run_sweep(str(write_spec(tmp_path, name="big", path=str(store), **kw)), opts(cluster2, task_seconds=1e-3))
+    run_sweep(str(write_spec(tmp_path, name="small", path=str(store), **SMALL)), run_opts(cluster2, task_seconds=1e-3))
+    s = run_sweep(str(write_spec(tmp_path, name="big", path=str(store), **kw)), run_opts(cluster2, task_seconds=1e-3))
     assert s.complete
-    fresh = run_sweep(str(write_spec(tmp_path, name="fresh", **kw)), opts(cluster2, task_seconds=1e-3))
+    fresh = run_sweep(str(write_spec(tmp_path, name="fresh", **kw)), run_opts(cluster2, task_seconds=1e-3))
     assert_cubes_equal(store, fresh.path)
     assert s.walker_steps < fresh.walker_steps  # the old walkers were not simulated again
     ds = open_cube(store)
@@ -57,7 +42,7 @@ def test_grow_with_walker_blocks_and_the_exact_solver(tmp_path, cluster2):
     small = dict(SMALL, walkers=300, T="[0.02, 0.03]", batch_size="[1]", steps="[100]")
     big = dict(small, walkers=700, T="[0.02, 0.025, 0.03]")
     store = tmp_path / "b.zarr"
-    o = opts(cluster2, task_seconds=1e-5)
+    o = run_opts(cluster2, task_seconds=1e-5)
     run_sweep(str(write_spec(tmp_path, name="s", path=str(store), method="both", **small)), o)
     s = run_sweep(str(write_spec(tmp_path, name="b", path=str(store), method="both", **big)), o)
     fresh = run_sweep(str(write_spec(tmp_path, name="f", method="both", **big)), o)
@@ -74,7 +59,7 @@ def test_grow_with_walker_blocks_and_the_exact_solver(tmp_path, cluster2):
 ])
 def test_anything_but_growth_is_refused_in_one_line(tmp_path, cluster2, capsys, change, words):
     store = tmp_path / "r.zarr"
-    run_sweep(str(write_spec(tmp_path, name="a", path=str(store), **SMALL)), opts(cluster2))
+    run_sweep(str(write_spec(tmp_path, name="a", path=str(store), **SMALL)), run_opts(cluster2))
     before = {p.name: p.stat().st_mtime_ns for p in store.rglob("*")}
     f = write_spec(tmp_path, name="b", path=str(store), **dict(SMALL, **change))
     capsys.readouterr()
@@ -87,7 +72,7 @@ def test_anything_but_growth_is_refused_in_one_line(tmp_path, cluster2, capsys, 
 
 def test_validate_says_what_a_grow_computes(tmp_path, cluster2, capsys):
     store = tmp_path / "v.zarr"
-    run_sweep(str(write_spec(tmp_path, name="a", path=str(store), **SMALL)), opts(cluster2))
+    run_sweep(str(write_spec(tmp_path, name="a", path=str(store), **SMALL)), run_opts(cluster2))
     f = write_spec(tmp_path, name="b", path=str(store), **dict(SMALL, walkers=200, T="[0.012, 0.016, 0.02]"))
     capsys.readouterr()
     assert main(["validate", str(f), "--store", str(store), "--json"]) == 0
@@ -107,36 +92,18 @@ def test_killed_grow_resumes_without_counting_a_block_twice(tmp_path, cluster2):
                  depth="[1.0]", width="[0.1]")
     big = dict(small, walkers=6000, T="{start = 0.006, stop = 0.009, num = 15}")
     store = tmp_path / "k.zarr"
-    run_sweep(str(write_spec(tmp_path, name="s", path=str(store), **small)), opts(cluster2, task_seconds=0.2))
+    run_sweep(str(write_spec(tmp_path, name="s", path=str(store), **small)), run_opts(cluster2, task_seconds=0.2))
     f = write_spec(tmp_path, name="b", path=str(store), **big)
     p = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(f), "--workers", "1", "--task-seconds", "0.2",
                           "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                          env=os.environ | {"PYTHONWARNINGS": "ignore"})
-    try:
-        deadline = time.time() + 120
-        built = None
-        while time.time() < deadline and p.poll() is None:
-            built = next((d for d in tmp_path.iterdir() if ".grow-" in d.name), None)
-            try:
-                if built is not None and Store(built).is_cube() and Store(built).chunk_count()[0] >= 2:
-                    break
-            except Exception:
-                pass
-            time.sleep(0.05)
-        assert p.poll() is None, p.communicate()
-        os.killpg(p.pid, signal.SIGKILL)
-        p.communicate(timeout=60)
-    finally:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    built = kill_when_building(p, tmp_path, chunks=2)
     done, total = Store(built).chunk_count()
     assert 0 < done < total
     assert open_cube(store).attrs["walkers"] == 2000  # the old cube is untouched until the swap
-    s = run_sweep(str(f), opts(cluster2, task_seconds=0.2))
+    s = run_sweep(str(f), run_opts(cluster2, task_seconds=0.2))
     assert s.complete and s.chunks_done_before == done
     ds = open_cube(store)
     assert (ds["n_walkers"].values == 6000).all()
-    fresh = run_sweep(str(write_spec(tmp_path, name="f", **big)), opts(cluster2, task_seconds=0.2))
+    fresh = run_sweep(str(write_spec(tmp_path, name="f", **big)), run_opts(cluster2, task_seconds=0.2))
     assert_cubes_equal(store, fresh.path)

@@ -4,31 +4,17 @@ within caps, resumable after SIGKILL without counting a walker twice."""
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-from distributed import LocalCluster
 
-from helpers import assert_cubes_equal, write_spec
+from helpers import assert_cubes_equal, kill_when_building, run_opts, write_spec
 from pipeline import open_cube, run_sweep
-from pipeline.deploy import ClusterOptions
 from pipeline.sweep.refine import RefineOptions, half_widths
-from pipeline.sweep.runner import RunOptions, refine_store
+from pipeline.sweep.runner import refine_store
 from pipeline.cli import main
-
-
-@pytest.fixture(scope="module")
-def cluster2():
-    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0") as c:
-        yield c.scheduler_address
-
-
-def opts(address, **kw):
-    return RunOptions(cluster=ClusterOptions(scheduler=address), progress=False, **kw)
 
 
 CUBE = dict(walkers=256, T="[0.014, 0.017, 0.02, 0.025]", steps="[1000]", batch_size="[1]", depth="[1.0]",
@@ -38,7 +24,7 @@ CUBE = dict(walkers=256, T="[0.014, 0.017, 0.02, 0.025]", steps="[1000]", batch_
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, cluster2):
     d = tmp_path_factory.mktemp("refine")
-    s = run_sweep(str(write_spec(d, name="base", **CUBE)), opts(cluster2, task_seconds=0.01))
+    s = run_sweep(str(write_spec(d, name="base", **CUBE)), run_opts(cluster2, task_seconds=0.01))
     return s.path
 
 
@@ -47,8 +33,8 @@ def test_refine_meets_the_target_deterministically(tmp_path, base, cluster2):
     shutil.copytree(base, a)
     shutil.copytree(base, b)
     ro = RefineOptions(targets={"log10_escape_time": 0.05}, add_T=1, rounds=3)
-    ra = refine_store(str(a), ro, opts(cluster2, task_seconds=0.01))
-    rb = refine_store(str(b), ro, opts(cluster2, task_seconds=0.01))
+    ra = refine_store(str(a), ro, run_opts(cluster2, task_seconds=0.01))
+    rb = refine_store(str(b), ro, run_opts(cluster2, task_seconds=0.01))
     assert [r["walkers_added"] for r in ra] == [r["walkers_added"] for r in rb]
     assert_cubes_equal(a, b)  # the same command on copies of one store: identical cubes
     ds = open_cube(a).load()
@@ -64,7 +50,7 @@ def test_refine_meets_the_target_deterministically(tmp_path, base, cluster2):
     for t in ds["T"].values[:2]:
         cell_n = int(ds["n_walkers"].sel(T=t).squeeze().values[()])
         one = run_sweep(str(write_spec(tmp_path, name=f"one{t}", **dict(CUBE, walkers=cell_n, T=f"[{float(t)!r}]"))),
-                        opts(cluster2))
+                        run_opts(cluster2))
         ref = open_cube(one.path).load()
         for v in ("n_escaped", "exposure", "escape_hist"):
             np.testing.assert_array_equal(ds[v].sel(T=t).values, ref[v].squeeze("T").values
@@ -84,7 +70,7 @@ def test_caps_are_kept_and_reported(tmp_path, base, cluster2, capsys):
     d = tmp_path / "d.zarr"
     shutil.copytree(base, d)
     rounds = refine_store(str(d), RefineOptions(targets={"log10_escape_time": 0.001}, max_walker_steps=1e6),
-                          opts(cluster2, task_seconds=0.01))
+                          run_opts(cluster2, task_seconds=0.01))
     assert sum(r["walker_steps"] for r in rounds) <= 2e6
     assert rounds[-1]["stopped"] == "the walker-steps cap" and rounds[-1]["cells_above_target"] > 0
 
@@ -109,33 +95,14 @@ def test_killed_refine_resumes_to_the_same_cube(tmp_path, cluster2):
     uninterrupted refine makes from a copy (so no walker block is counted twice or lost)."""
     kw = dict(walkers=2048, T="{start = 0.007, stop = 0.01, num = 6}", steps="[10000]", batch_size="[1]",
               depth="[1.0]", width="[0.1]")
-    s = run_sweep(str(write_spec(tmp_path, name="k", **kw)), opts(cluster2, task_seconds=0.1))
+    s = run_sweep(str(write_spec(tmp_path, name="k", **kw)), run_opts(cluster2, task_seconds=0.1))
     copy = tmp_path / "copy.zarr"
     shutil.copytree(s.path, copy)
     argv = ["--target", "log10_escape_time=0.02", "--rounds", "1", "--task-seconds", "0.1", "-q"]
     p = subprocess.Popen([sys.executable, "-m", "pipeline", "refine", s.path, "--workers", "1", *argv],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                          env=os.environ | {"PYTHONWARNINGS": "ignore"})
-    from pipeline.sweep.store import Store
-
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and p.poll() is None:
-            built = next((d for d in tmp_path.iterdir() if ".grow-" in d.name), None)
-            try:
-                if built is not None and Store(built).is_cube() and Store(built).chunk_count()[0] >= 1:
-                    break
-            except Exception:
-                pass
-            time.sleep(0.05)
-        assert p.poll() is None, p.communicate()
-        os.killpg(p.pid, signal.SIGKILL)
-        p.communicate(timeout=60)
-    finally:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_when_building(p, tmp_path, chunks=1)
     assert main(["refine", s.path, "--scheduler", cluster2, *argv]) == 0
     assert main(["refine", str(copy), "--scheduler", cluster2, *argv]) == 0
     assert_cubes_equal(s.path, copy)

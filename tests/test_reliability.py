@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import assert_cubes_equal, write_spec
+from helpers import assert_cubes_equal, run_opts, write_spec
 from pipeline.cli import main
 from pipeline.sweep import store as cubemod
 from pipeline.sweep.lock import lock_path
@@ -149,27 +149,12 @@ def test_overwrite_replaces_only_a_cube_and_is_never_abbreviated(tmp_path, capsy
         main(["status", str(junk), "--max", "3"])
 
 
-@pytest.fixture(scope="module")
-def cluster1():
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0") as c:
-        yield c.scheduler_address
-
-
-def _opts(address, **kw):
-    from pipeline.deploy import ClusterOptions
-    from pipeline.sweep.runner import RunOptions
-
-    return RunOptions(cluster=ClusterOptions(scheduler=address), progress=False, **kw)
-
-
 def test_damage_is_detected_by_status_verify_and_query_and_repaired(tmp_path, cluster1, capsys):
     from pipeline import run_sweep
 
     f = write_spec(tmp_path, walkers=300)  # 8 one-cell chunks over (T, batch_size)
-    run_sweep(str(f), _opts(cluster1))
-    run_sweep(str(write_spec(tmp_path, name="ref", walkers=300)), _opts(cluster1))
+    run_sweep(str(f), run_opts(cluster1))
+    run_sweep(str(write_spec(tmp_path, name="ref", walkers=300)), run_opts(cluster1))
     s = tmp_path / "t.zarr"
     assert main(["verify", str(s)]) == 0
     assert "chunks checked: 8, damaged: 0" in capsys.readouterr().out
@@ -191,7 +176,7 @@ def test_damage_is_detected_by_status_verify_and_query_and_repaired(tmp_path, cl
     assert main(["query", str(s), "--var", "n_escaped"]) == 1
     err = capsys.readouterr().err
     assert "verify" in err and err.count("\n") == 1 and "Traceback" not in err
-    summary = run_sweep(str(f), _opts(cluster1, repair=True))
+    summary = run_sweep(str(f), run_opts(cluster1, repair=True))
     assert summary.complete and summary.chunks_computed == 5
     assert main(["verify", str(s)]) == 0
     assert_cubes_equal(s, tmp_path / "ref.zarr")
@@ -203,7 +188,7 @@ def test_counts_that_cannot_be_right_are_flagged_without_digests(tmp_path, clust
     from pipeline import run_sweep
 
     f = write_spec(tmp_path, walkers=300)
-    run_sweep(str(f), _opts(cluster1))
+    run_sweep(str(f), run_opts(cluster1))
     s = tmp_path / "t.zarr"
     g = zarr.open_group(str(s), mode="r+", use_consolidated=False)
     del g["progress"]["digest"]  # a store from before digests: only the counts can be judged
@@ -219,7 +204,7 @@ def test_status_of_a_store_without_a_completion_record(tmp_path, cluster1, capsy
 
     from pipeline import run_sweep
 
-    run_sweep(str(write_spec(tmp_path, walkers=50)), _opts(cluster1))
+    run_sweep(str(write_spec(tmp_path, walkers=50)), run_opts(cluster1))
     shutil.rmtree(tmp_path / "t.zarr" / "progress" / "done")
     assert main(["status", str(tmp_path / "t.zarr")]) == 2
     err = capsys.readouterr().err
@@ -344,7 +329,7 @@ def test_query_into_a_closed_pipe_exits_quietly(tmp_path, cluster1):
     from pipeline import run_sweep
 
     run_sweep(str(write_spec(tmp_path, walkers=50, T="{start = 0.01, stop = 0.03, num = 200}", batch_size="[1]")),
-              _opts(cluster1))
+              run_opts(cluster1))
     p = subprocess.run(f"{sys.executable} -m pipeline query {tmp_path / 't.zarr'} --format csv | head -1",
                        shell=True, capture_output=True, text=True, timeout=120, env=ENV)
     assert p.stdout.startswith("T,steps") and p.stderr == "", p.stderr
@@ -356,7 +341,7 @@ def test_leftover_temporary_stores_are_removed_on_the_next_run(tmp_path, cluster
     f = write_spec(tmp_path, walkers=20)
     for n in (".t.zarr.new-123", ".t.zarr.old-456abc"):
         (tmp_path / n / "c").mkdir(parents=True)
-    run_sweep(str(f), _opts(cluster1))
+    run_sweep(str(f), run_opts(cluster1))
     assert not (tmp_path / ".t.zarr.new-123").exists() and not (tmp_path / ".t.zarr.old-456abc").exists()
     assert "removed 2 temporary store(s)" in capsys.readouterr().err
 
@@ -365,7 +350,7 @@ def test_fit_takes_the_lock_plot_report_need_a_file_sel_needs_finite(tmp_path, c
     from pipeline import run_sweep
     from pipeline.sweep.lock import StoreLock
 
-    run_sweep(str(write_spec(tmp_path, walkers=200)), _opts(cluster1))
+    run_sweep(str(write_spec(tmp_path, walkers=200)), run_opts(cluster1))
     s = str(tmp_path / "t.zarr")
     capsys.readouterr()
     with StoreLock(s):  # a live run holds the store

@@ -11,29 +11,17 @@ import pytest
 import xarray as xr
 from distributed import LocalCluster
 
-from helpers import assert_cubes_equal, write_spec
+from helpers import assert_cubes_equal, run_opts, write_spec
 from pipeline import open_cube, run_sweep, simulate
 from pipeline.sweep import cube as cube_layout
 from pipeline.sweep import store as cubemod
 from pipeline.cli import main
-from pipeline.deploy import ClusterOptions
-from pipeline.sweep.runner import RunOptions
-
-
-@pytest.fixture(scope="module")
-def cluster2():
-    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0") as c:
-        yield c.scheduler_address
-
-
-def opts(address, **kw):
-    return RunOptions(cluster=ClusterOptions(scheduler=address), progress=False, **kw)
 
 
 def test_cube_matches_simulate_exactly(tmp_path, cluster2):
     f = write_spec(tmp_path, walkers=700, T="[0.012, 0.016, 0.02]", steps="[50, 100, 1000]",
                    batch_size="[1, 3]", depth="[1.0, 2.0]", width="[0.1]")
-    s = run_sweep(str(f), opts(cluster2, task_seconds=1e-3))
+    s = run_sweep(str(f), run_opts(cluster2, task_seconds=1e-3))
     assert s.complete and s.chunks_computed == s.chunks_total
     ds = open_cube(s.path)
     assert ds["T"].dtype == np.float64 and ds["steps"].dtype == np.int64 and ds["batch_size"].dtype == np.int64
@@ -61,7 +49,7 @@ def test_cube_matches_simulate_exactly(tmp_path, cluster2):
 def test_plain_xarray_opens_the_store_quietly(tmp_path, cluster2):
     import warnings
 
-    s = run_sweep(str(write_spec(tmp_path, walkers=64)), opts(cluster2))
+    s = run_sweep(str(write_spec(tmp_path, walkers=64)), run_opts(cluster2))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ds = xr.open_zarr(s.path)
@@ -70,11 +58,11 @@ def test_plain_xarray_opens_the_store_quietly(tmp_path, cluster2):
 
 def test_same_cube_across_worker_counts_and_task_sizes(tmp_path, cluster2):
     kw = dict(walkers=3000, T="{start = 0.013, stop = 0.034, num = 8}", steps="[10, 100, 2000]", batch_size="[1, 4]")
-    a = run_sweep(str(write_spec(tmp_path, name="a", **kw)), opts(cluster2, task_seconds=1e-4))
+    a = run_sweep(str(write_spec(tmp_path, name="a", **kw)), run_opts(cluster2, task_seconds=1e-4))
     with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0") as c1:
-        b = run_sweep(str(write_spec(tmp_path, name="b", **kw)), opts(c1.scheduler_address, task_seconds=100.0))
+        b = run_sweep(str(write_spec(tmp_path, name="b", **kw)), run_opts(c1.scheduler_address, task_seconds=100.0))
     # a third partition: one cell split into several walker blocks
-    c = run_sweep(str(write_spec(tmp_path, name="c", **kw)), opts(cluster2, task_seconds=0.002))
+    c = run_sweep(str(write_spec(tmp_path, name="c", **kw)), run_opts(cluster2, task_seconds=0.002))
     assert open_cube(a.path).attrs["chunk_shape"] != open_cube(b.path).attrs["chunk_shape"]
     assert c.tasks_submitted > c.chunks_total  # walker blocks really happened
     assert_cubes_equal(a.path, b.path)
@@ -82,8 +70,8 @@ def test_same_cube_across_worker_counts_and_task_sizes(tmp_path, cluster2):
 
 
 def test_a_cell_does_not_depend_on_the_grid_around_it(tmp_path, cluster2):
-    a = run_sweep(str(write_spec(tmp_path, name="a", T="[0.01, 0.015]", walkers=2000)), opts(cluster2))
-    b = run_sweep(str(write_spec(tmp_path, name="b", T="[0.012, 0.015, 0.02]", walkers=2000)), opts(cluster2))
+    a = run_sweep(str(write_spec(tmp_path, name="a", T="[0.01, 0.015]", walkers=2000)), run_opts(cluster2))
+    b = run_sweep(str(write_spec(tmp_path, name="b", T="[0.012, 0.015, 0.02]", walkers=2000)), run_opts(cluster2))
     ca = open_cube(a.path).sel(T=0.015)
     cb = open_cube(b.path).sel(T=0.015)
     assert_cubes_equal(ca.drop_vars("T"), cb.drop_vars("T"))
@@ -102,13 +90,13 @@ def test_separate_scheduler_and_worker_processes(tmp_path, dask_processes, clust
     addr, _ = dask_processes
     f = write_spec(tmp_path, name="remote", walkers=1000)
     assert main(["run", str(f), "--scheduler", addr, "-q"]) == 0
-    ref = run_sweep(str(write_spec(tmp_path, name="local", walkers=1000)), opts(cluster2))
+    ref = run_sweep(str(write_spec(tmp_path, name="local", walkers=1000)), run_opts(cluster2))
     assert_cubes_equal(tmp_path / "remote.zarr", ref.path)
 
 
 def test_other_spec_is_refused_unless_overwrite(tmp_path, cluster2, capsys):
     f = write_spec(tmp_path, walkers=100, path=str(tmp_path / "x.zarr"))
-    run_sweep(str(f), opts(cluster2))
+    run_sweep(str(f), run_opts(cluster2))
     g = write_spec(tmp_path, name="other", seed=8, walkers=101, path=str(tmp_path / "x.zarr"))
     assert main(["run", str(g), "--scheduler", cluster2, "-q"]) == 2
     err = capsys.readouterr().err
@@ -124,8 +112,8 @@ def test_other_spec_is_refused_unless_overwrite(tmp_path, cluster2, capsys):
 
 def test_rerun_of_a_finished_store_computes_nothing(tmp_path, cluster2):
     f = write_spec(tmp_path, walkers=100)
-    run_sweep(str(f), opts(cluster2))
-    s = run_sweep(str(f), opts(cluster2))
+    run_sweep(str(f), run_opts(cluster2))
+    s = run_sweep(str(f), run_opts(cluster2))
     assert s.complete and s.tasks_submitted == 0 and s.chunks_computed == 0
 
 
@@ -170,15 +158,15 @@ def test_interrupted_run_resumes_to_the_same_cube(tmp_path, cluster2, sig):
     assert 0 < done < total
     r = subprocess.run([sys.executable, "-m", "pipeline", "status", str(store)], capture_output=True, text=True)
     assert r.returncode == 0 and f"{done}/{total} done" in r.stdout and "incomplete" in r.stdout
-    s = run_sweep(str(f), opts(cluster2))
+    s = run_sweep(str(f), run_opts(cluster2))
     assert s.complete and s.chunks_done_before == done and s.tasks_submitted == total - done
-    ref = run_sweep(str(write_spec(tmp_path, name="ref", **kw)), opts(cluster2))
+    ref = run_sweep(str(write_spec(tmp_path, name="ref", **kw)), run_opts(cluster2))
     assert_cubes_equal(store, ref.path)
 
 
 def test_query_csv_content(tmp_path, cluster2, capsys):
     f = write_spec(tmp_path, walkers=500)
-    s = run_sweep(str(f), opts(cluster2))
+    s = run_sweep(str(f), run_opts(cluster2))
     capsys.readouterr()
     assert main(["query", s.path, "--var", "p_escape", "--var", "n_escaped", "--sel", "steps=1000",
                  "--sel", "batch_size=1", "--range", "T=0.015:0.03", "--format", "csv"]) == 0
@@ -202,8 +190,8 @@ def test_markov_and_both_methods_through_the_runner(tmp_path, cluster2):
     from pipeline.model.markov import markov_cell
 
     kw = dict(T="[0.015, 0.02]", steps="[100, 1000]", batch_size="[1, 2]")
-    m = run_sweep(str(write_spec(tmp_path, name="m", method="markov", walkers=1, **kw)), opts(cluster2))
-    b = run_sweep(str(write_spec(tmp_path, name="b", method="both", walkers=4000, **kw)), opts(cluster2))
+    m = run_sweep(str(write_spec(tmp_path, name="m", method="markov", walkers=1, **kw)), run_opts(cluster2))
+    b = run_sweep(str(write_spec(tmp_path, name="b", method="both", walkers=4000, **kw)), run_opts(cluster2))
     dm, db = open_cube(m.path), open_cube(b.path)
     for T in (0.015, 0.02):
         for B in (1, 2):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import warnings
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -30,9 +29,8 @@ from scipy import stats as _st
 
 from .. import stats
 from ..errors import InputError
-from ..locations import is_remote
 from ..model.axes import AXES, CELL_AXES
-from .load import check_cube, load_cube  # noqa: F401  (fits.load_cube is public)
+from .load import check_cube, load_cube, open_group, write_group  # noqa: F401  (fits.load_cube is public)
 
 DIMS5 = AXES
 SLICE_DIMS = ("steps", "batch_size", "depth", "width")
@@ -352,16 +350,9 @@ def fit_cube(ds: xr.Dataset, budget=None, conf: float = 0.95, memoryless: bool =
 
 def write_fits(fits: xr.Dataset, path) -> None:
     """Store `fits` as the `fits/` group of the cube at `path` (replacing an older one)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fits.to_zarr(str(path), group=FITS_GROUP, mode="w", zarr_format=3, consolidated=True)
+    write_group(fits, path, FITS_GROUP)
 
 
 def open_fits(path) -> xr.Dataset:
     """The fits stored in a cube's `fits/` group (by `escape-sweep fit` or `write_fits`)."""
-    text = str(path)
-    if not is_remote(text) and not (Path(text) / FITS_GROUP / "zarr.json").exists():
-        raise FileNotFoundError(f"{text}: no fits group; run `escape-sweep fit {text}` first")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return xr.open_zarr(text, group=FITS_GROUP, consolidated=False)
+    return open_group(path, FITS_GROUP, "fit")

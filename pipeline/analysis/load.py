@@ -45,3 +45,20 @@ def load_cube(path) -> xr.Dataset:
     except Exception as e:  # noqa: BLE001 - any failure to open is "not a cube" for the user
         raise NotACube(f"CUBE={text}: xarray cannot open it as a Zarr dataset ({type(e).__name__}: {e})") from None
     return check_cube(ds, f"CUBE={text}")
+
+
+def write_group(ds: xr.Dataset, path, group: str) -> None:
+    """Store an analysis result as the `group/` of the cube at `path` (replacing an older one)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.to_zarr(str(path), group=group, mode="w", zarr_format=3, consolidated=True)
+
+
+def open_group(path, group: str, command: str) -> xr.Dataset:
+    """An analysis result stored in the cube's `group/` (FileNotFoundError naming `command` if absent)."""
+    text = str(path)
+    if not is_remote(text) and not (Path(text) / group / "zarr.json").exists():
+        raise FileNotFoundError(f"{text}: no {group} group; run `escape-sweep {command} {text}` first")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return xr.open_zarr(text, group=group, consolidated=False)

@@ -17,7 +17,6 @@ import io
 import json
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -25,6 +24,7 @@ import xarray as xr
 from ..errors import InputError
 from ..model import laws as _laws
 from . import fits as _fits
+from .load import open_group, write_group
 
 THEORY_GROUP = "theory"
 CELL_DIMS = ("T", "batch_size", "depth", "width")
@@ -166,19 +166,12 @@ def summarise(th: xr.Dataset) -> xr.Dataset:
 
 def write_theory(th: xr.Dataset, path) -> None:
     """Store `th` as the `theory/` group of the cube at `path` (replacing an older one)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        th.to_zarr(str(path), group=THEORY_GROUP, mode="w", zarr_format=3, consolidated=True)
+    write_group(th, path, THEORY_GROUP)
 
 
 def open_theory(path) -> xr.Dataset:
     """The comparison stored in a cube's `theory/` group (by `escape-sweep theory`)."""
-    text = str(path)
-    if "://" not in text and not (Path(text) / THEORY_GROUP / "zarr.json").exists():
-        raise FileNotFoundError(f"{text}: no theory group; run `escape-sweep theory {text}` first")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return xr.open_zarr(text, group=THEORY_GROUP, consolidated=False)
+    return open_group(path, THEORY_GROUP, "theory")
 
 
 # ---------------------------------------------------------------------------------------------
