@@ -98,7 +98,8 @@ def test_killed_refine_resumes_to_the_same_cube(tmp_path, cluster2):
     s = run_sweep(str(write_spec(tmp_path, name="k", **kw)), run_opts(cluster2, task_seconds=0.1))
     copy = tmp_path / "copy.zarr"
     shutil.copytree(s.path, copy)
-    argv = ["--target", "log10_escape_time=0.02", "--rounds", "1", "--task-seconds", "0.1", "-q"]
+    argv = ["--target", "log10_escape_time=0.02", "--rounds", "1", "--max-walkers", "8192", "--task-seconds", "0.1",
+            "-q"]
     p = subprocess.Popen([sys.executable, "-m", "pipeline", "refine", s.path, "--workers", "1", *argv],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                          env=os.environ | {"PYTHONWARNINGS": "ignore"})
