@@ -207,3 +207,18 @@ def test_markov_and_both_methods_through_the_runner(tmp_path, cluster2):
             assert int(cb.n_escaped.sel(steps=1000)) == int((esc > 0).sum())
     # the flag is the exact solver's P inside the Monte Carlo's 99% interval: true nearly everywhere
     assert db.consistent.dtype == bool and db.consistent.values.mean() >= 0.75
+
+
+def test_progress_in_a_log_is_plain_lines_with_an_eta_from_work(tmp_path):
+    """stderr that is not a terminal (a batch job's log) gets whole lines, never carriage returns,
+    every ESCAPE_SWEEP_PROGRESS_SECONDS, ending at all chunks done with ETA 0."""
+    f = write_spec(tmp_path, name="log", walkers=3000, T="[0.012, 0.014, 0.016, 0.018, 0.02, 0.025]")
+    r = subprocess.run([sys.executable, "-m", "pipeline", "run", str(f), "--workers", "1", "--task-seconds", "0.01"],
+                       capture_output=True, text=True, timeout=300,
+                       env=os.environ | {"ESCAPE_SWEEP_PROGRESS_SECONDS": "0.01", "PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 0, r.stderr
+    assert "\r" not in r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.startswith("escape-sweep: progress ")]
+    assert lines, r.stderr
+    total = open_cube(tmp_path / "log.zarr").attrs["chunk_shape"] and cubemod.chunk_count(tmp_path / "log.zarr")[1]
+    assert f"{total}/{total} chunks" in lines[-1] and "ETA 0s" in lines[-1]

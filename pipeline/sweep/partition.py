@@ -35,7 +35,7 @@ def kernel_rate(backend: str = "cpu") -> float:
     return GPU_KERNEL_RATE if backend == "cuda" else KERNEL_RATE
 
 
-def _cell_cost(spec: Spec) -> float:
+def cell_cost(spec: Spec) -> float:
     """Work of the costliest cell in walker-step units: walkers x max(steps) rounded up to the
     kernel's rounds of 64 x random words per step of the largest batch, plus the exact solve."""
     mc = spec.walkers * spec.cost_steps * spec.batch_words(max(spec.batch_size)) if samples(spec.method) else 0
@@ -46,7 +46,7 @@ def chunk_shape(spec: Spec, task_seconds: float = DEFAULT_TASK_SECONDS,
                 min_chunks: int = MIN_CHUNKS, rate: float = KERNEL_RATE) -> tuple[int, int, int, int]:
     """Cells per chunk along (T, batch_size, depth, width): about `task_seconds` of kernel work,
     but small grids are still cut into about `min_chunks` chunks so every worker gets some."""
-    per_cell = _cell_cost(spec)
+    per_cell = cell_cost(spec)
     budget = max(1, int(task_seconds * rate // per_cell))
     budget = min(budget, max(1, math.ceil(spec.n_cells / min_chunks)))
     if samples(spec.method) and spec.walkers > MAX_BLOCK_WALKERS:

@@ -9,6 +9,7 @@ state stay bounded however large the grid.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -128,29 +129,48 @@ def check_store(spec: Spec, st: store.Store, opts: RunOptions) -> tuple[int, int
 
 
 class _Progress:
-    """One status line on stderr: chunks, walker-steps, rate, ETA."""
+    """Progress on stderr: chunks, walker-steps, rate and an ETA from work, not from chunk counts.
 
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled = total, enabled and total > 0
+    The ETA divides the work left by the rate learned so far, work being each chunk's cost bound
+    (cells x walkers x steps, as the partition sizes tasks), so unequal chunks do not mislead it.
+    On a terminal one line is redrawn (carriage return); elsewhere (a batch job's log) a plain line
+    is printed every ESCAPE_SWEEP_PROGRESS_SECONDS seconds (default 30) and at the end."""
+
+    def __init__(self, total: int, work: float, enabled: bool):
+        self.total, self.work, self.enabled = total, float(work), enabled and total > 0
+        self.tty = sys.stderr.isatty()
+        self.every = 0.5 if self.tty else _progress_seconds()
         self.t0 = time.perf_counter()
-        self.last = 0.0
+        self.last = 0.0 if self.tty else self.t0
 
-    def update(self, done: int, steps: int, force: bool = False):
+    def update(self, done: int, steps: int, done_work: float, force: bool = False):
         now = time.perf_counter()
-        if not self.enabled or (not force and now - self.last < 0.5):
+        if not self.enabled or (not force and now - self.last < self.every):
             return
         self.last = now
         el = now - self.t0
         rate = steps / el if el > 0 else 0.0
-        eta = el / done * (self.total - done) if done else float("nan")
-        bar = "#" * int(30 * done / self.total)
+        eta = el / done_work * (self.work - done_work) if done_work > 0 else float("nan")
         eta_s = f"{eta:.0f}s" if math.isfinite(eta) else "?"
-        print(f"\r[{bar:<30}] {done}/{self.total} chunks  {steps:.3g} walker-steps  {rate:.3g}/s  ETA {eta_s}   ",
-              end="", file=sys.stderr, flush=True)
+        text = f"{done}/{self.total} chunks  {steps:.3g} walker-steps  {rate:.3g}/s  ETA {eta_s}"
+        if self.tty:
+            bar = "#" * int(30 * done / self.total)
+            print(f"\r[{bar:<30}] {text}   ", end="", file=sys.stderr, flush=True)
+        else:
+            print(f"escape-sweep: progress {text} ({el:.0f} s)", file=sys.stderr, flush=True)
 
     def close(self):
-        if self.enabled:
+        if self.enabled and self.tty:
             print(file=sys.stderr, flush=True)
+
+
+def _progress_seconds() -> float:
+    """ESCAPE_SWEEP_PROGRESS_SECONDS: seconds between progress lines when stderr is not a terminal."""
+    try:
+        v = float(os.environ.get("ESCAPE_SWEEP_PROGRESS_SECONDS", "30"))
+    except ValueError:
+        v = 30.0
+    return v if math.isfinite(v) and v > 0 else 30.0
 
 
 def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output=None, yes: bool = False) -> Summary:
@@ -376,7 +396,11 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
 
     edges = partition.spec_edges(spec)
     group = st.group()
-    progress = _Progress(planner.total, opts.progress)
+    cell_work = partition.cell_cost(spec)
+    ncells = lambda slices: math.prod(sl.stop - sl.start for sl in slices)  # noqa: E731
+    work = {tuple(i): ncells(partition.chunk_slices(spec, planner.chunks, i)) * cell_work for i in planner.pending}
+    progress = _Progress(planner.total, sum(work.values()), opts.progress)
+    done_work = 0.0
     summary.dashboard = dashboard_link(client)
     if opts.progress:
         print(f"escape-sweep: {spec.name}: {planner.total} chunks to compute "
@@ -398,9 +422,11 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
     pop_ready = getattr(planner, "pop_ready", lambda: [])
 
     def write(chunk) -> None:
+        nonlocal done_work
         st.write_chunk(chunk.index, chunk.slices, chunk.counts, edges, spec.method, chunk.walkers, group=group,
                        backends=chunk.backends or ("carried over",))
         summary.chunks_computed += 1
+        done_work += work.get(tuple(chunk.index), 0.0)
 
     submit(window)
     for chunk in pop_ready():
@@ -418,8 +444,8 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
             for chunk in pop_ready():
                 write(chunk)
             _note_jobs(client, summary)
-            progress.update(summary.chunks_computed, summary.walker_steps)
-        progress.update(summary.chunks_computed, summary.walker_steps, force=True)
+            progress.update(summary.chunks_computed, summary.walker_steps, done_work)
+        progress.update(summary.chunks_computed, summary.walker_steps, done_work, force=True)
         summary.compute_seconds = time.perf_counter() - t_start
     finally:
         _note_jobs(client, summary)
