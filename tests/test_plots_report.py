@@ -205,3 +205,26 @@ def test_markov_variables_when_present(cube, tmp_path):
     _check_png(tmp_path / "mk.png")
     _, titles = report.render_report(ds)
     assert "Markov chain against Monte Carlo" in titles
+
+
+def test_exact_solver_cube_counts_as_computed_and_is_fitted(tmp_path, capsys):
+    """A method = markov cube has n_walkers = 0 everywhere: the report still counts its cells as
+    computed, and `fit` fits the exact tau (and says so) instead of leaving every cell out."""
+    import re
+
+    from helpers import write_spec
+
+    f = write_spec(tmp_path, name="mk", method="markov", walkers=1, T="[0.02, 0.025, 0.03]", steps="[100, 1000]",
+                   batch_size="[1]", depth="[1.0]", width="[0.1]")
+    assert run_cli(["run", str(f), "--workers", "1", "-q"]) == 0
+    store = str(tmp_path / "mk.zarr")
+    out = tmp_path / "r.html"
+    assert run_cli(["report", store, "-o", str(out)]) == 0
+    assert re.search(r"cells run</td><td[^>]*>3 / 3</td>", out.read_text())
+    capsys.readouterr()
+    assert run_cli(["fit", store, "--no-save"]) == 0
+    text = capsys.readouterr().out
+    assert "tau from: exact solver" in text
+    f = fits.fit_cube(fits.load_cube(store))
+    assert int(f["fit_n_cells"].isel(steps=0).squeeze()) == 3
+    assert (f["tau_source"].values == 1).all()

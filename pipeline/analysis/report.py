@@ -155,7 +155,10 @@ def _axes(ds: xr.Dataset) -> str:
         rows.append((_e(d), v.size, _e(vals)))
     n = ds["n_walkers"].isel(steps=0).values
     cells = int(np.prod(n.shape))
-    run = int((n > 0).sum())
+    computed = n > 0
+    if "mfpt" in ds:  # a cell the exact solver answered is computed, sampled or not
+        computed = computed | np.isfinite(ds["mfpt"].transpose(*ds["n_walkers"].isel(steps=0).dims).values)
+    run = int(computed.sum())
     rows.append(("cells run", f"{run} / {cells}", "" if run == cells else "<span class=warn>partly finished sweep</span>"))
     if "n_diverged" in ds:
         nd = int(ds["n_diverged"].isel(steps=0).sum())
