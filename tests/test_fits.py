@@ -155,7 +155,7 @@ def test_fit_command(tmp_path, capsys):
         run_cli(["fit", path, "--budget", "500"])
     assert run_cli(["fit", path, "--T-range", "0.01:0.014", "--no-save"]) == 0
     text = capsys.readouterr().out
-    assert "0.01 <= T <= 0.014" in text and "left out: outside t_range at T = 0.016" in text
+    assert "0.01 <= T <= 0.014" in text and "left out: outside --T-range at T = 0.016" in text
     with pytest.raises(InputError, match="--T-range 0.02: expected LO:HI"):
         run_cli(["fit", path, "--T-range", "0.02"])
     with pytest.raises(InputError, match="no such file"):

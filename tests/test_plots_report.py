@@ -92,8 +92,9 @@ def test_plot_command(store, tmp_path, capsys):
     bad = {
         "--y nope: no such variable": ["--x", "T", "--y", "nope", "--sel", "steps=100", "batch_size=1"],
         "unknown dim 'temperature'": ["--x", "T", "--y", "p_escape", "--sel", "temperature=0.01"],
-        r"--sel T=0.0137: no T value within 1% \(nearest 0.013": ["--x", "steps", "--y", "p_escape", "--sel", "T=0.0137"],
-        "--sel batch_size=3: no batch_size value exact": ["--x", "T", "--y", "p_escape", "--sel", "batch_size=3"],
+        "--sel batch=1: unknown dim 'batch'; did you mean batch_size": ["--x", "T", "--y", "p_escape", "--sel", "batch=1"],
+        "--sel batch_size=3: no batch_size value equal to it": ["--x", "T", "--y", "p_escape", "--sel", "batch_size=3"],
+        r"--sel T=0.0137: no T value within 1% \(the nearest is 0.013": ["--x", "steps", "--y", "p_escape", "--sel", "T=0.0137"],
         "--x escape_step_bin: not a dim of p_escape": ["--x", "escape_step_bin", "--y", "p_escape"],
         "give --x and --y": ["--x", "T"],
         "not a number": ["--x", "T", "--y", "p_escape", "--sel", "T=abc"],

@@ -41,7 +41,7 @@ EXACT_SIGMA_FLOOR = 1e-6  # ln-tau sigma of an exact-solver cell: its discretisa
 BOUNDED, NO_ESCAPES, NOT_RUN, NO_EXPOSURE, NON_EXPONENTIAL, OUTSIDE_T = 0, 1, 2, 3, 4, 5
 STATUS = {BOUNDED: "bounded", NO_ESCAPES: "no escapes (tau only bounded below)",
           NOT_RUN: "not run (n_walkers = 0)", NO_EXPOSURE: "no exposure",
-          NON_EXPONENTIAL: "left out: not memoryless (exponential_only)", OUTSIDE_T: "left out: outside t_range"}
+          NON_EXPONENTIAL: "left out: not memoryless (exponential_only)", OUTSIDE_T: "left out: outside --T-range"}
 FLAG_MEANINGS = "bounded no_escapes not_run no_exposure non_exponential outside_t_range"
 
 

@@ -58,13 +58,13 @@ def _nearest(ds, dim, value):
     got = vals[i]
     if np.issubdtype(vals.dtype, np.integer):
         ok = float(got) == float(value)
-        allowed = "exact values"
+        allowed = "equal to it"
     else:
         ok = abs(float(got) - float(value)) <= FLOAT_RTOL * abs(float(value)) + 1e-12
         allowed = f"within {FLOAT_RTOL:.0%}"
     if not ok:
-        raise SelectionError(f"--sel {dim}={_fmt(value)}: no {dim} value {allowed} (nearest {_fmt(got)}; "
-                        f"{dim} has {_describe(coord)})")
+        raise SelectionError(f"--sel {dim}={_fmt(value)}: no {dim} value {allowed} (the nearest is {_fmt(got)}; "
+                             f"{dim} has {_describe(coord)})")
     return got
 
 
@@ -72,7 +72,12 @@ def apply_sel(ds: xr.Dataset, sel: dict | None) -> xr.Dataset:
     """`.sel(method="nearest")` with a tolerance: SelectionError for an unknown dim or a far value."""
     for dim, value in (sel or {}).items():
         if dim not in ds.dims:
-            raise SelectionError(f"--sel {dim}=...: unknown dim {dim!r} (dims: {', '.join(map(str, ds.dims))})")
+            import difflib
+
+            close = difflib.get_close_matches(dim, [str(d) for d in ds.dims], n=1, cutoff=0.4)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise SelectionError(f"--sel {dim}={_fmt(value) if not isinstance(value, list) else ','.join(map(_fmt, value))}: "
+                                 f"unknown dim {dim!r}{hint} (dims: {', '.join(map(str, ds.dims))})")
         if isinstance(value, (list, tuple, np.ndarray)):
             ds = ds.sel({dim: [_nearest(ds, dim, v) for v in value]})
         else:

@@ -135,7 +135,8 @@ def compact_unbounded(rows: list[dict]) -> list[str]:
         bound = ""
         lbs = [r["tau_lower_bound"] for r in rs if r["tau_lower_bound"] is not None]
         if lbs:
-            bound = f"; tau >= {_num(min(lbs), 3)} .. {_num(max(lbs), 3)} steps (one-sided)"
+            lo_, hi_ = _num(min(lbs), 3), _num(max(lbs), 3)
+            bound = f"; tau >= {lo_ if lo_ == hi_ else lo_ + ' .. ' + hi_} steps (one-sided)"
         out.append(f"steps={s} B={b} depth={_num(d)} width={_num(w)}: {reason} at T = {ts}{bound}")
     return out
 
