@@ -28,7 +28,7 @@ TASK_SECONDS = "0.5"
 # second, so that a worker with a few seconds' lifetime finishes some)
 SPEC_KW = dict(walkers=6000, T="{start = 0.006, stop = 0.009, num = 24}", steps="[100, 20000]", batch_size="[1]")
 SUMMARY = re.compile(r"chunks computed (\d+), already done (\d+), total (\d+); tasks submitted (\d+)")
-PROGRESS = re.compile(r"\] (\d+)/(\d+) chunks")
+PROGRESS = re.compile(r"(?:\]|progress) (\d+)/(\d+) chunks")  # a terminal's bar, or a log's plain line
 RUN_TIMEOUT = 300
 
 
@@ -84,7 +84,7 @@ class Run:
     def __init__(self, tmp_path, spec, jq, tag="run", jobs=2, quiet=False, task_seconds=TASK_SECONDS):
         self.tmp_path, self.logdir = tmp_path, tmp_path / "joblogs"
         self.out_path, self.err_path = tmp_path / f"{tag}.out", tmp_path / f"{tag}.err"
-        env = os.environ | {"PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT),
+        env = os.environ | {"PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT), "ESCAPE_SWEEP_PROGRESS_SECONDS": "0.1",
                             # forget a vanished worker after 1 s (default 15 s), so its job is replaced soon
                             "DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": "1s"}
         argv = [sys.executable, "-m", "pipeline", "run", str(spec), "--cluster", "slurm", "--jobs", str(jobs),
