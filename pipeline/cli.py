@@ -53,7 +53,7 @@ def _run(args) -> int:
 
     opts = RunOptions(cluster=_cluster_options(args), overwrite=args.overwrite, task_seconds=args.task_seconds,
                       retries=args.retries, progress=not args.quiet, backend=args.backend,
-                      repair=args.repair)
+                      repair=args.repair, library_log=_library_log(args, args.output or spec.output, spec.name))
     try:
         summary = run_sweep(spec, opts, output=args.output)
     except KeyboardInterrupt:
@@ -161,7 +161,9 @@ def _refine(args) -> int:
     from .sweep.runner import RunOptions, refine_store
 
     opts = RunOptions(cluster=_cluster_options(args), task_seconds=args.task_seconds, retries=args.retries,
-                      progress=not args.quiet, backend=args.backend)
+                      progress=not args.quiet, backend=args.backend,
+                      library_log=_library_log(args, args.store,
+                                               os.path.splitext(os.path.basename(str(args.store).rstrip("/")))[0]))
     try:
         rounds = refine_store(args.store, ropts, opts)
     except KeyboardInterrupt:
@@ -472,9 +474,25 @@ def _file_output(func):
     return run
 
 
-def main(argv=None) -> int:
+def _library_log(args, store, name):
+    """The `escape-sweep` command (not a test or program calling `main`) sends Dask's messages to a
+    log beside the store once the cluster starts, keeping the terminal to our lines (deploy/logs.py)."""
+    if not getattr(args, "route_logs", False):
+        return None
+    from .deploy.logs import log_path
+
+    return log_path(store, name)
+
+
+def entry() -> int:
+    """The console script: `main` with Dask's messages routed to a log beside the store."""
+    return main(route_logs=True)
+
+
+def main(argv=None, route_logs: bool = False) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.route_logs = route_logs
     try:
         return args.func(args)
     except BrokenPipeError:  # `escape-sweep query ... | head`: the reader has gone; so do we, quietly

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import time
+
+import pytest
 from pathlib import Path
 
 from helpers import assert_cubes_equal, write_spec
@@ -33,7 +35,7 @@ def test_sweep_survives_a_worker_killed_mid_run(tmp_path, dask_processes):
             deadline = time.time() + 60
             while victim is None and time.time() < deadline and run.poll() is None:
                 busy = {w: keys for w, keys in c.processing().items() if keys}
-                if len(busy) == 2 and all(any("escape-sweep-chunk" in k for k in ks) for ks in busy.values()):
+                if len(busy) == 2 and all(any("fault-compute-" in k for k in ks) for ks in busy.values()):
                     victim = procs[1]  # the first worker process group (nanny + worker)
                 time.sleep(0.05)
             assert victim is not None, "tasks never ran on both workers"
@@ -49,3 +51,38 @@ def test_sweep_survives_a_worker_killed_mid_run(tmp_path, dask_processes):
             os.killpg(run.pid, signal.SIGKILL)
             run.wait(timeout=30)
     assert_cubes_equal(tmp_path / "fault.zarr", tmp_path / "clean.zarr")
+
+
+@pytest.mark.slow
+def test_library_noise_goes_to_the_log_beside_the_store(tmp_path):
+    """A worker process killed under the embedded cluster makes Dask talk (nanny warnings, restarts):
+    the terminal keeps only escape-sweep's own lines, the log beside the store gets Dask's."""
+    import psutil
+
+    f = write_spec(tmp_path, name="noisy", **KW)
+    run = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(f), "--workers", "2", "--task-seconds", "0.5"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           cwd=tmp_path, env=os.environ | {"ESCAPE_SWEEP_PROGRESS_SECONDS": "0.5"})
+    lines = []
+    try:
+        for line in run.stderr:
+            lines.append(line)
+            if "progress" in line:
+                break
+        workers = [p for p in psutil.Process(run.pid).children(recursive=True)
+                   if "spawn_main" in " ".join(p.cmdline()) or "forkserver" in " ".join(p.cmdline())]
+        assert workers, f"no worker processes under the run: {lines}"
+        os.kill(workers[0].pid, signal.SIGKILL)
+        out, err = run.communicate(timeout=300)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(timeout=30)
+    lines.extend(err.splitlines(keepends=True))
+    assert run.returncode == 0, "".join(lines)
+    ours = [ln for ln in lines if ln.strip()]
+    assert all(ln.startswith("escape-sweep: ") for ln in ours), "".join(ours)
+    log = tmp_path / "noisy.zarr.log"
+    assert f"go to {log}" in "".join(ours) or "go to noisy.zarr.log" in "".join(ours)
+    text = log.read_text()
+    assert "distributed." in text and ("killed" in text.lower() or "restart" in text.lower()), text[-2000:]

@@ -40,7 +40,7 @@ class StaticPlanner:
                  backend: str = "cpu"):
         self.spec, self.chunks = spec, tuple(chunks)
         self.pending = [tuple(int(i) for i in idx) for idx in pending]
-        self.backend = backend
+        self.backend, self.task_seconds = backend, task_seconds
         pits = spec.pits()
         self._todo = itertools.chain.from_iterable(
             partition.tasks_for_chunk(spec, self.chunks, idx, pits, task_seconds, backend=backend)
@@ -51,6 +51,12 @@ class StaticPlanner:
     def total(self) -> int:
         """Chunks this planner will complete."""
         return len(self.pending)
+
+    @property
+    def n_tasks(self) -> int:
+        """Tasks this planner will hand out: one per walker block of each pending chunk."""
+        blocks = partition.walker_blocks(self.spec, self.chunks, self.task_seconds, partition.kernel_rate(self.backend))
+        return len(blocks) * len(self.pending)  # every chunk of a grid has the same walker blocks
 
     def ask(self, n: int) -> list[Task]:
         out = list(itertools.islice(self._todo, max(0, n)))

@@ -19,11 +19,12 @@ import numpy as np
 from . import grow, partition, store
 from ..deploy import ClusterOptions, open_client
 from ..deploy.clusters import dashboard_link, job_counts
+from ..deploy.logs import route_library_output
 from ..errors import InputError, StoreMismatch
 from ..model import backends
 from .spec import Spec, load_spec
 from .planner import StaticPlanner
-from .task import run_task
+from .task import run_task, task_done
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class RunOptions:
     progress: bool = True
     backend: str = "cpu"  # kernel backend: "cpu", "cuda" (GPU workers) or "auto" (cuda where a worker has one)
     repair: bool = False  # verify the store first; recompute the damaged chunks
+    library_log: object = None  # a path: Dask's own messages go there once the cluster starts (deploy/logs.py)
 
 
 @dataclass
@@ -213,6 +215,7 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output=None, yes:
                           tasks_submitted=0, walker_steps=0, wall_seconds=0.0, complete=False, method=spec.method)
         if pending:
             planner = StaticPlanner(spec, chunks, pending, opts.task_seconds, backend=opts.backend)
+            route_library_output(opts.library_log)
             with open_client(opts.cluster) as client:
                 submit_kw = backend_submit_options(client, opts)
                 if fresh:
@@ -265,6 +268,7 @@ def _grow(spec: Spec, st: store.Store, growth: dict, opts: RunOptions, target=No
     planner = grow.GrowPlanner(spec, chunks, pending, base, target=target, task_seconds=opts.task_seconds,
                                backend=opts.backend)
     if pending:
+        route_library_output(opts.library_log)
         with open_client(opts.cluster) as client:
             submit_kw = backend_submit_options(client, opts)
             if not made:
@@ -403,21 +407,37 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
     done_work = 0.0
     summary.dashboard = dashboard_link(client)
     if opts.progress:
-        print(f"escape-sweep: {spec.name}: {planner.total} chunks to compute "
+        n_tasks = getattr(planner, "n_tasks", None)
+        tasks = f" ({n_tasks} tasks: the dashboard's bar {TaskNames(spec, planner.chunks).prefix!r})" \
+            if n_tasks is not None else ""
+        print(f"escape-sweep: {spec.name}: {planner.total} chunks{tasks} to compute "
               f"({summary.chunks_done_before} already done) on {client.scheduler.address}", file=sys.stderr)
         print(f"escape-sweep: dashboard {summary.dashboard}", file=sys.stderr, flush=True)
     nthreads = sum(client.nthreads().values()) or 1
     window = 2 * nthreads + 2
     summary.workers, summary.window = nthreads, window
     t_start = time.perf_counter()
-    tag = spec.content_hash[:10]
+    names = TaskNames(spec, planner.chunks)
     ac = as_completed()
+    markers = []  # one tiny task per chunk task, kept to the end: the dashboard's bar for the sweep
+    ahead = [0, 0]  # tasks, cells submitted and not yet returned
 
     def submit(n: int) -> None:
         for t in planner.ask(n):
-            key = f"escape-sweep-chunk-{tag}-{'.'.join(map(str, t.chunk))}-b{t.block}"
-            ac.add(client.submit(run_task, t, key=key, retries=opts.retries, pure=False, **(submit_kw or {})))
+            fut = client.submit(run_task, t, key=names.compute(t), retries=opts.retries, pure=False,
+                                **(submit_kw or {}))
+            markers.append(client.submit(task_done, fut, key=names.done(t), pure=False, **(submit_kw or {})))
+            ac.add(fut)
             summary.tasks_submitted += 1
+            ahead[0] += 1
+            ahead[1] += math.prod(t.shape)
+
+    def top_up() -> None:
+        """Submit the sweep ahead, in batches, so the scheduler (and its dashboard) knows all of it;
+        bounded by LOOKAHEAD_TASKS tasks and LOOKAHEAD_CELLS cells so memory stays bounded."""
+        room = min(SUBMIT_BATCH, LOOKAHEAD_TASKS - ahead[0])
+        if room > 0 and ahead[1] < LOOKAHEAD_CELLS:
+            submit(room)
 
     pop_ready = getattr(planner, "pop_ready", lambda: [])
 
@@ -429,18 +449,21 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
         done_work += work.get(tuple(chunk.index), 0.0)
 
     submit(window)
+    top_up()
     for chunk in pop_ready():
         write(chunk)
     try:
         for fut in ac:
             res = fut.result()
             fut.release()
+            ahead[0] -= 1
+            ahead[1] -= math.prod(res["n_walkers"].shape)
             summary.walker_steps += res["walker_steps"]
             summary.kernel_seconds += res["kernel_seconds"]
             chunk = planner.tell(res)
             if chunk is not None:
                 write(chunk)
-            submit(1)
+            top_up()
             for chunk in pop_ready():
                 write(chunk)
             _note_jobs(client, summary)
@@ -450,6 +473,45 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
     finally:
         _note_jobs(client, summary)
         progress.close()
+
+
+LOOKAHEAD_TASKS = 20_000  # tasks the scheduler holds ahead (the dashboard shows the whole sweep up to this)
+LOOKAHEAD_CELLS = 4_000_000  # ... and cells: a Task is small, but its result and state grow with its cells
+SUBMIT_BATCH = 1_000  # tasks submitted between two results, so results keep flowing while submitting
+
+
+class TaskNames:
+    """Dask keys a user recognises on the dashboard: the sweep's name, then what the task computes.
+
+    `{name}-compute-T=0.005..0.012,batch=1,depth=1,width=0.1-block=0-{hash}` computes a chunk;
+    `{name}-T=...` is its marker, a task that returns None once the chunk is back and is kept
+    until the run ends, so the dashboard's progress bar `{name}` reads "chunks done / chunks of
+    the sweep" (Dask groups keys by `key_split`: the words before the first one with a digit)."""
+
+    def __init__(self, spec: Spec, chunks):
+        from dask.utils import key_split
+
+        self.spec, self.chunks = spec, tuple(chunks)
+        name = spec.name if key_split(f"{spec.name}-T=1") == spec.name else spec.name.replace("-", "_")
+        # the spec's hash and a per-run token: a resumed or refined run never meets an old key
+        self.prefix, self.tag = name, f"{spec.content_hash[:8]}{os.urandom(3).hex()}"
+
+    def label(self, task) -> str:
+        """The chunk's coordinate ranges, e.g. T=0.005..0.012,batch=1,depth=1,width=0.1-block=0."""
+        sl = partition.chunk_slices(self.spec, self.chunks, task.chunk)
+        parts = []
+        for axis, s in zip(("T", "batch_size", "depth", "width"), sl):
+            vals = self.spec.axes[axis]
+            lo, hi = vals[s.start], vals[s.stop - 1]
+            parts.append(f"{'batch' if axis == 'batch_size' else axis}={lo:g}" + (f"..{hi:g}" if hi != lo else ""))
+        block = f"-block={task.block}" if task.n_blocks > 1 else ""
+        return ",".join(parts) + block + f"-{self.tag}"
+
+    def compute(self, task) -> str:
+        return f"{self.prefix}-compute-{self.label(task)}"
+
+    def done(self, task) -> str:
+        return f"{self.prefix}-{self.label(task)}"
 
 
 def _note_jobs(client, summary):
