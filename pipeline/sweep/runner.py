@@ -426,7 +426,7 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
         for t in planner.ask(n):
             fut = client.submit(run_task, t, key=names.compute(t), retries=opts.retries, pure=False,
                                 **(submit_kw or {}))
-            markers.append(client.submit(task_done, fut, key=names.done(t), pure=False, **(submit_kw or {})))
+            markers.append(client.submit(task_done, fut, key=names.done(t), pure=False))  # no GPU slot needed
             ac.add(fut)
             summary.tasks_submitted += 1
             ahead[0] += 1
