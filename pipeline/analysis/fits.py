@@ -38,11 +38,12 @@ FITS_GROUP = "fits"
 EXACT_SIGMA_FLOOR = 1e-6  # ln-tau sigma of an exact-solver cell: its discretisation error, at least this
 
 # cell status codes (variable `cell_status`); every code but BOUNDED keeps the cell out of the fits
-BOUNDED, NO_ESCAPES, NOT_RUN, NO_EXPOSURE, NON_EXPONENTIAL, OUTSIDE_T = 0, 1, 2, 3, 4, 5
+BOUNDED, NO_ESCAPES, NOT_RUN, NO_EXPOSURE, NON_EXPONENTIAL, OUTSIDE_T, EARLY = 0, 1, 2, 3, 4, 5, 6
 STATUS = {BOUNDED: "bounded", NO_ESCAPES: "no escapes (tau only bounded below)",
           NOT_RUN: "not run (n_walkers = 0)", NO_EXPOSURE: "no exposure",
-          NON_EXPONENTIAL: "left out: not memoryless (exponential_only)", OUTSIDE_T: "left out: outside --T-range"}
-FLAG_MEANINGS = "bounded no_escapes not_run no_exposure non_exponential outside_t_range"
+          NON_EXPONENTIAL: "left out: not memoryless (exponential_only)", OUTSIDE_T: "left out: outside --T-range",
+          EARLY: "left out: early deficit (budget too short: exposure / escapes reads tau high)"}
+FLAG_MEANINGS = "bounded no_escapes not_run no_exposure non_exponential outside_t_range early_deficit"
 
 
 def _budget_sel(ds: xr.Dataset, budget) -> xr.Dataset:
@@ -267,7 +268,7 @@ def memoryless_cells(ds: xr.Dataset) -> xr.Dataset | None:
     nw = ds["n_walkers"].isel(steps=0).transpose(*CELL_AXES).values
     nd = (ds["n_diverged"].isel(steps=0).transpose(*CELL_AXES).values
           if "n_diverged" in ds else 0)
-    keys = ("transient", "transient_fraction", "tail_rate", "p_value", "verdict")
+    keys = ("transient", "transient_fraction", "tail_rate", "p_value", "early_bias", "verdict")
     res = {k: [] for k in keys}
     for s in ds["steps"].values:
         m = stats.memorylessness(hist, edges, nw, nd, budget=min(int(s), int(edges[-1]) - 1))
@@ -286,11 +287,14 @@ def memoryless_cells(ds: xr.Dataset) -> xr.Dataset | None:
     put("tail_rate", "tail_rate", "escape rate after the transient", "1/step", "per-step hazard MLE after the transient")
     put("memoryless_p", "p_value", "p-value of a constant hazard after the transient", "1",
         "likelihood-ratio test against a piecewise-constant hazard")
+    put("early_bias", "early_bias", "early-deficit bias of exposure / escapes", "1",
+        "estimated tau_hat / tau - 1 of the censored MLE at this budget, from the late hazard "
+        "(stats.early_deficit); > 0 where escapes start late and the budget is short")
     put("rate_summary", "verdict", "does the exponential rate summarise the cell", "1",
         "; ".join(f"{k} = {v}" for k, v in stats.VERDICTS.items())
         + " (non-exponential: quote median_escape_time)")
     out["rate_summary"].attrs.update(flag_values=list(stats.VERDICTS),
-                                     flag_meanings="exponential non_exponential too_few_escapes")
+                                     flag_meanings="exponential non_exponential too_few_escapes early_deficit")
     return out
 
 
@@ -298,7 +302,9 @@ def fit_cube(ds: xr.Dataset, budget=None, conf: float = 0.95, memoryless: bool =
              t_range: tuple[float, float] | None = None, exponential_only: bool = False) -> xr.Dataset:
     """All fits of a cube as one labelled Dataset (what `write_fits` stores in `fits/`).
 
-    By default every cell with a two-sided tau enters the fits. `t_range=(lo, hi)` keeps only
+    By default every cell with a two-sided tau enters the fits, except Monte Carlo cells with an
+    early deficit (`stats.early_deficit`: a budget too short for exposure / escapes to be tau,
+    status EARLY). `t_range=(lo, hi)` keeps only
     lo <= T <= hi; `exponential_only` also leaves out cells whose escape is not memoryless
     (`stats.memorylessness` verdict 1), where tau is not a rate. Cells left out keep their reason
     in `cell_status`."""
@@ -316,6 +322,9 @@ def fit_cube(ds: xr.Dataset, budget=None, conf: float = 0.95, memoryless: bool =
         if mem is None:
             raise InputError("exponential_only: the cube has no escape_hist to test memorylessness with")
         status = status.where(~((status == BOUNDED) & (mem["rate_summary"] == 1)), NON_EXPONENTIAL)
+    if mem is not None:  # Monte Carlo tau that a short budget biases high: never fitted
+        early = (mem["rate_summary"] == stats.EARLY_DEFICIT) & (cells["tau_source"] == 0)
+        status = status.where(~((status == BOUNDED) & early), EARLY)
     cells["cell_status"] = status.astype(np.int8).assign_attrs(cells["cell_status"].attrs)
     parts = [cells, fit_temperature(ds, cells, conf)]
     for extra in (fit_batch(ds, cells, conf), ratio_check(ds, cells, conf), mem):
