@@ -53,8 +53,8 @@ def _clip_note(full, shown) -> str:
     if shown.sizes["T"] >= full.sizes["T"]:
         return ""
     T, t = full["T"].values, shown["T"].values
-    what = (f"T clipped to {_fmt(t.min())}..{_fmt(t.max())}" if shown.sizes["T"] > 5 or t.size == np.sum(
-        (T >= t.min()) & (T <= t.max())) else f"{t.size} of the cube's T values")
+    every = t.size == np.sum((T >= t.min()) & (T <= t.max()))
+    what = f"T clipped to {_fmt(t.min())}..{_fmt(t.max())}" if every else f"{t.size} T values in {_fmt(t.min())}..{_fmt(t.max())}"
     return f"\n{what} (cube: {T.size} values, {_fmt(T.min())}..{_fmt(T.max())}; --sel T=... for others)"
 
 
@@ -117,14 +117,17 @@ def preset_escape_time(ds, sel=None, out=None):
     ax = fig.axes[0]
     f = _fit_cells(d)
     colors = _hue_colors(d.sizes["steps"])
+    fit_exact = bool((f["tau_source"] == 1).all())  # a cube with mfpt: every budget fits the same exact tau
     for i, s in enumerate(d["steps"].values):
+        if fit_exact and i < d.sizes["steps"] - 1:
+            continue
         fi = f.sel(steps=s).isel(batch_size=0, depth=0, width=0)
         a, b = float(fi["arrhenius_intercept"]), float(fi["arrhenius_slope"])
         lo, hi, n = float(fi["fit_T_min"]), float(fi["fit_T_max"]), int(fi["fit_n_cells"])
         if np.isfinite(a) and np.isfinite(b) and n >= 2:
             Tf = np.linspace(lo, hi, 100)
-            what = "exact" if exact else f"steps={int(s)}"
-            ax.plot(Tf, (a + b / Tf) / LN10, ls="--", lw=0.9, color=colors[i],
+            what = "to the exact tau (mfpt)" if fit_exact else f"steps={int(s)}"
+            ax.plot(Tf, (a + b / Tf) / LN10, ls="--", lw=0.9, color="k" if fit_exact and not exact else colors[i],
                     label=f"fit {what}, {n} points: log10 tau = {a / LN10:.3g} + {b / LN10:.3g}/T")
     left = f["cell_status"].isel(batch_size=0, depth=0, width=0)
     early = int((left == _fits.EARLY).sum())

@@ -87,6 +87,9 @@ def _figures(ds: xr.Dataset, budget) -> list[tuple[str, str, str | None]]:
     """(title, caption, base64 PNG or None with the reason in caption) for every figure."""
     out = []
 
+    def skipped(title, why):
+        out.append((title, f"not drawn: {why}", None))
+
     def add(title, caption, make):
         try:
             fig = make()
@@ -94,29 +97,56 @@ def _figures(ds: xr.Dataset, budget) -> list[tuple[str, str, str | None]]:
         except (SelectionError, ValueError, KeyError) as e:
             out.append((title, f"not drawn: {e}", None))
 
-    add("P(escape) against T", "Probability of escaping within 100 and within 1000 steps (the budgets nearest "
-        "to them), Wilson 95% intervals; B = 1 (smallest batch), depth 1, width 0.1 where present.",
-        lambda: presets.preset_p_escape(ds))
-    add("log10 escape time against T", "Censored exponential MLE of the mean escape time tau = exposure / n_escaped "
-        "with exact chi-square 95% bounds on 0.01 <= T <= 0.02 (all T if fewer than two lie there); dashed: "
-        "ln tau = a + b/T fitted to the plotted cells.", lambda: presets.preset_escape_time(ds))
-    add("log10 escape time, every T", "The whole T axis at the largest budget; triangles: cells where nothing "
-        "escaped (one-sided 95% lower bound).", lambda: plots.plot_cube(
-            ds, "T", "log10_escape_time", hue="batch_size" if ds.sizes["batch_size"] > 1 else None,
-            sel={"steps": int(budget or ds["steps"].max()), **_seed_sel(ds, keep_b=True)}))
-    add("median escape time against T", "Median escape step (NaN where fewer than half escaped): the number to quote "
-        "where the escape is not memoryless.", lambda: plots.plot_cube(
-            ds, "T", "median_escape_time", hue="steps" if ds.sizes["steps"] > 1 else None, sel=_seed_sel(ds)))
-    add("Survival curves", "S(n) from escape_hist for a few T, Kaplan-Meier with 95% Greenwood (log-log) bands; "
-        "a straight line on this semi-log plot is a memoryless (exponential) escape; dotted: the step budgets.",
-        lambda: presets.preset_survival(ds))
+    exact = presets.solver_only(ds)
+    if exact:
+        add("P(escape) against T", "Probability of escaping within 100 and within 1000 steps (the budgets nearest to "
+            "them) from the exact solver (no sampling, no intervals); B = 1, depth 1, width 0.1 where present.",
+            lambda: presets.preset_p_escape(ds))
+        add("log10 escape time against T", "log10 of the exact mean escape time (mfpt; band: its discretisation "
+            "error) on 0.01 <= T <= 0.02 (all T if fewer than two lie there); dashed: ln tau = a + b/T fitted to "
+            "these cells, drawn over the T range it used.", lambda: presets.preset_escape_time(ds))
+        add("log10 escape time, every T", "The exact mean escape time over the whole T axis, one line per batch size.",
+            lambda: plots.plot_cube(ds, "T", "log10_escape_time",
+                                    hue="batch_size" if ds.sizes["batch_size"] > 1 else None,
+                                    sel={"steps": int(budget or ds["steps"].max()), **_seed_sel(ds, keep_b=True)}))
+        skipped("median escape time against T", "the exact solver gives the mean escape time, not the median "
+                "(median_escape_time is NaN in a method = markov cube)")
+        skipped("Survival curves", "a method = markov cube samples no walkers, so it has no escape-step histogram; "
+                "the exact P(escape within each budget) is in the first figure")
+    else:
+        add("P(escape) against T", "Probability of escaping within 100 and within 1000 steps (the budgets nearest "
+            "to them), Wilson 95% intervals; B = 1 (smallest batch), depth 1, width 0.1 where present.",
+            lambda: presets.preset_p_escape(ds))
+        add("log10 escape time against T", "Censored exponential MLE of the mean escape time tau = exposure / "
+            "n_escaped with exact chi-square 95% bounds on 0.01 <= T <= 0.02 (all T if fewer than two lie there); "
+            "dashed: ln tau = a + b/T fitted to the cells the fits keep (the exact tau on a both-cube; early-deficit "
+            "cells left out), drawn over their T range.", lambda: presets.preset_escape_time(ds))
+        add("log10 escape time, every T", "The whole T axis at the largest budget; triangles: cells where nothing "
+            "escaped (one-sided 95% lower bound). exposure / escapes reads tau high where the budget is short "
+            "against tau (early deficit: see the fits).", lambda: plots.plot_cube(
+                ds, "T", "log10_escape_time", hue="batch_size" if ds.sizes["batch_size"] > 1 else None,
+                sel={"steps": int(budget or ds["steps"].max()), **_seed_sel(ds, keep_b=True)}))
+        if bool(np.isfinite(ds["median_escape_time"]).any()):
+            add("median escape time against T", "Median escape step (NaN where fewer than half escaped): the number "
+                "to quote where the escape is not memoryless.", lambda: plots.plot_cube(
+                    ds, "T", "median_escape_time", hue="steps" if ds.sizes["steps"] > 1 else None, sel=_seed_sel(ds)))
+        else:
+            skipped("median escape time against T", "no cell had half of its walkers escape within its budget")
+        add("Survival curves", "S(n) from escape_hist for a few T, Kaplan-Meier with 95% Greenwood (log-log) bands, "
+            "log steps; a memoryless (exponential) escape is exp(-n/tau); dotted: the step budgets.",
+            lambda: presets.preset_survival(ds))
     if ds.sizes["batch_size"] > 1:
-        add("ln tau against batch size", "ln tau against B at a few T (largest budget) with ln tau = a + b B fits.",
+        add("ln tau against batch size", "ln tau against B at a few T (largest budget) with ln tau = a + b B fits, "
+            "each drawn over the batch sizes it used" + (" (exact solver)." if exact else "."),
             lambda: presets.preset_batch(ds))
-    if "mfpt" in ds:
-        add("Markov chain against Monte Carlo", "log10 of the Markov chain's mean first-passage time (band: its "
-            "discretisation error estimate) next to the Monte Carlo censored-MLE escape time at the largest budget.",
-            lambda: presets.preset_markov(ds))
+    if "mfpt" in ds and exact:
+        add("Exact mean escape time", "log10 of the exact solver's mean escape time (band: its discretisation error "
+            "estimate), one line per batch size.", lambda: presets.preset_markov(ds))
+    elif "mfpt" in ds:
+        add("Markov chain against Monte Carlo", "log10 of the exact solver's mean escape time (line; band: its "
+            "discretisation error) and the Monte Carlo exposure / escapes (points, 95% bounds) at the largest "
+            "budget; below, their ratio tau_MC / tau_exact with its interval (1: agreement; above 1 where the "
+            "budget is short against tau: the early deficit).", lambda: presets.preset_markov(ds))
     return out
 
 
