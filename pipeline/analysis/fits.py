@@ -312,16 +312,18 @@ def fit_cube(ds: xr.Dataset, budget=None, conf: float = 0.95, memoryless: bool =
     ds = _budget_sel(ds, budget)
     ds = ds.load() if hasattr(ds, "load") else ds
     cells = cell_estimates(ds, conf)
-    mem = memoryless_cells(ds) if (memoryless or exponential_only) else None
+    sampled = bool((ds["n_walkers"] > 0).any())  # a method = markov cube has no escapes to test
+    mem = memoryless_cells(ds) if (memoryless or exponential_only) and sampled else None
     status = cells["cell_status"]
     if t_range is not None:
         lo, hi = (float(v) for v in t_range)
         inside = (ds["T"] >= lo * (1 - 1e-9)) & (ds["T"] <= hi * (1 + 1e-9))
         status = status.where(~((status == BOUNDED) & ~inside), OUTSIDE_T)
     if exponential_only:
-        if mem is None:
+        if mem is None and sampled:
             raise InputError("exponential_only: the cube has no escape_hist to test memorylessness with")
-        status = status.where(~((status == BOUNDED) & (mem["rate_summary"] == 1)), NON_EXPONENTIAL)
+        if mem is not None:
+            status = status.where(~((status == BOUNDED) & (mem["rate_summary"] == 1)), NON_EXPONENTIAL)
     if mem is not None:  # Monte Carlo tau that a short budget biases high: never fitted
         early = (mem["rate_summary"] == stats.EARLY_DEFICIT) & (cells["tau_source"] == 0)
         status = status.where(~((status == BOUNDED) & early), EARLY)
@@ -339,7 +341,8 @@ def fit_cube(ds: xr.Dataset, budget=None, conf: float = 0.95, memoryless: bool =
         cell_selection="memoryless cells with a two-sided tau" if exponential_only else "cells with a two-sided tau",
         weights="1 / sigma^2, sigma = (ln tau_high - ln tau_low) / (2 z) from exact chi-square bounds",
         intervals=INTERVALS, goodness_of_fit=f"chi2_dof and gof_p per fit; p < {REJECT_P}: rejected",
-        tau_source=("exact solver (mfpt) where the cube has it, Monte Carlo elsewhere" if "mfpt" in ds
+        tau_source=("exact solver (mfpt); nothing sampled, so no memorylessness check" if "mfpt" in ds and not sampled
+                    else "exact solver (mfpt) where the cube has it, Monte Carlo elsewhere" if "mfpt" in ds
                     else "Monte Carlo: exposure / n_escaped"),
         cube_name=str(ds.attrs.get("name", "")), cube_spec_hash=str(ds.attrs.get("spec_hash", "")),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
