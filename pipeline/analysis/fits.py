@@ -333,6 +333,13 @@ def fit_cube(ds: xr.Dataset, budget=None, conf: float = 0.95, memoryless: bool =
         if extra is not None:
             parts.append(extra)
     out = xr.merge(parts, compat="override", join="outer", combine_attrs="drop")
+    # grouped by fit: each family's slope, intercept, intervals, chi2, p, then its point counts
+    first = [v for v in out.data_vars if not v.startswith(("fit_", "linear_", "batch_", "ratio_"))
+             and v in cells.data_vars] + [v for v in out.data_vars if v.startswith("arrhenius_")]
+    counts = [v for v in ("fit_n_cells", "fit_n_unbounded", "fit_T_min", "fit_T_max") if v in out]
+    order = first + counts + [v for v in out.data_vars if v.startswith("linear_")]
+    order += [v for v in out.data_vars if v not in order]
+    out = out[order]
     out.attrs.update(
         description="escape-sweep fits: ln tau = a + b/T (arrhenius_*), ln tau = a + b T (linear_*) per "
                     "(steps, batch_size, depth, width); ln tau = a + b B (batch_*) per (steps, T, depth, width); "
