@@ -3,6 +3,7 @@ line (NotACube, exit 2) for a missing path, a directory that is not Zarr, or a f
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -58,8 +59,10 @@ def check_store(path) -> str:
         if not meta.exists() and not (p / ".zgroup").exists():
             raise not_a_cube(text, "no zarr.json inside: not a Zarr store")
         if meta.exists():
-            meta.read_bytes()
-    except PermissionError as e:
+            json.loads(meta.read_bytes())
+    except NotACube:
+        raise
+    except (PermissionError, ValueError) as e:  # unreadable file, or metadata that is not JSON
         raise unreadable(text, e) from None
     return text
 
