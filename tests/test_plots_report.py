@@ -324,6 +324,8 @@ def test_every_analysis_command_on_each_kind_of_cube(kinds, kind, tmp_path, caps
         assert "Survival curves" not in titles and "median escape time against T" not in titles
         assert "(Survival curves): not drawn: a method = markov cube samples no walkers" in html.unescape(page)
         assert "Censored exponential MLE" not in page and "Monte Carlo censored" not in page
+        assert "Not checked: the exact solver sampled no walkers" in page and "memoryless cells only" not in page
+        assert "Monte Carlo (red" not in page and "Weighted least squares of the exact ln tau" in page
     else:
         assert "Survival curves" in titles
     assert ("Markov chain against Monte Carlo" in titles) == (kind == "both")

@@ -201,11 +201,26 @@ def _t_tables(f: xr.Dataset, suffix: str = "") -> list[str]:
             for prefix, title in (("arrhenius", "ln tau = a + b / T"), ("linear", "ln tau = a + b T"))]
 
 
+def _fit_intro(ds: xr.Dataset) -> str:
+    """What the fits were made of: the exact tau, or the Monte Carlo estimate (and which cells)."""
+    tail = ("95% intervals from Student's t with n &minus; 2 dof. Stored by <code>escape-sweep fit</code> in the "
+            "cube's <code>fits/</code> group.</p>")
+    if presets.solver_only(ds):
+        return ("<p>Weighted least squares of the exact ln tau (the solver's mfpt) of every cell, weights "
+                "1/sigma<sup>2</sup> with sigma = max(mfpt_rel_error, 1e-6): a line rarely describes exact values "
+                "within their tiny errors, so most fits read 'rejected' (a summary, not a law); " + tail)
+    exact = ("the exact tau (mfpt) where the cube has it, else " if "mfpt" in ds else "")
+    return ("<p>Weighted least squares of ln tau: " + exact + "the Monte Carlo exposure / n_escaped over cells whose "
+            "tau is bounded on both sides (n_escaped &gt; 0), leaving out cells with an early deficit (a budget too "
+            "short for exposure / escapes to be tau); weights 1/sigma<sup>2</sup> with sigma = (ln tau<sub>high</sub> "
+            "&minus; ln tau<sub>low</sub>)/(2&middot;1.96) from the exact chi-square bounds; " + tail)
+
+
 def _window_section(ds: xr.Dataset, budget) -> str:
     """Fits on the post's window 0.01 <= T <= 0.02 over memoryless cells only."""
     T = ds["T"].values
     n_in = int(((T >= 0.01 - 1e-12) & (T <= 0.02 + 1e-12)).sum())
-    if "escape_hist" not in ds or n_in < 3:
+    if "escape_hist" not in ds or n_in < 3 or presets.solver_only(ds):  # the exact tau needs no memorylessness
         return ""
     f = _fits.fit_cube(ds, budget=budget, t_range=(0.01, 0.02), exponential_only=True)
     return ("<h3>The post's window: 0.01 &le; T &le; 0.02, memoryless cells only</h3>"
@@ -239,6 +254,9 @@ def _fit_section(f: xr.Dataset) -> str:
 
 def _memoryless_section(f: xr.Dataset, ds: xr.Dataset) -> str:
     ms = tables.memoryless_summary(f)
+    if not ms and presets.solver_only(ds):
+        return ("<p>Not checked: the exact solver sampled no walkers, and its tau is the mean escape time "
+                "whatever the shape of the escape-time distribution.</p>")
     if not ms:
         return "<p>The cube has no escape_hist: memorylessness not checked.</p>"
     parts = ["<p>Per cell and budget: log S(n) tested for linearity (one constant per-step hazard) after a transient. "
@@ -303,8 +321,8 @@ def _theory_section(ds: xr.Dataset, budget) -> tuple[str, str | None]:
         fig = presets.preset_theory(ds, th=th, sel={"steps": int(th.attrs["mc_budget"])})
         title = "Theory against the exact escape time"
         fig_html = (f'<figure><img alt="{_e(title)}" src="data:image/png;base64,{_png(fig)}"><figcaption><b>{_e(title)}.'
-                    "</b> ln tau against 1/T per batch size (seed pit): exact chain (black), Monte Carlo (red, 95% "
-                    "bounds), each law as a line over the cube's T values; below, ln tau_law &minus; ln tau_exact "
+                    "</b> ln tau against 1/T per batch size (seed pit): exact chain (black), "
+                    + ("" if presets.solver_only(ds) else "Monte Carlo (red, 95% bounds), ") + "each law as a line over the cube's T values; below, ln tau_law &minus; ln tau_exact "
                     "(grey: within a factor 2; laws off the panel are clipped and named).</figcaption></figure>")
     except (SelectionError, ValueError, KeyError) as e:
         fig_html = f"<p class=warn>Figure not drawn: {_e(e)}</p>"
@@ -342,10 +360,7 @@ def render_report(ds: xr.Dataset, source=None, budget=None) -> tuple[str, list[s
 <h2 id=figures>Figures</h2>
 {''.join(fig_html)}
 <h2 id=fits>Fits</h2>
-<p>Weighted least squares of ln tau over cells whose tau is bounded on both sides (n_escaped &gt; 0), weights
-1/sigma<sup>2</sup> with sigma = (ln tau<sub>high</sub> &minus; ln tau<sub>low</sub>)/(2&middot;1.96) from the exact
-chi-square bounds; 95% intervals from Student's t with n &minus; 2 dof. Stored by <code>escape-sweep fit</code> in the
-cube's <code>fits/</code> group.</p>
+{_fit_intro(ds)}
 {_fit_section(f)}
 {_window_section(ds, budget)}
 <h2 id=theory>{_e(THEORY_TITLE)}</h2>
