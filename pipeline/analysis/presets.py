@@ -292,7 +292,7 @@ def preset_markov(ds, sel=None, out=None):
         ratios.append(ratio[r])
         axr.errorbar(T[r], ratio[r], yerr=[ratio[r] - rlo[r], np.where(np.isfinite(rhi[r]), rhi[r] - ratio[r], 0)],
                      fmt="o", ms=4, mfc="white", color=colors[j], capsize=2.5, lw=0.8, elinewidth=0.9)
-    ax.set_ylabel("log10 mean escape time [log10(steps)]")
+    ax.set_ylabel("log10 tau [log10(steps)]" if mc else "log10 mean escape time [log10(steps)]")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, frameon=False)
     cell = _cell_title(d, ("depth", "width")).replace("\n", "; ")
@@ -304,7 +304,12 @@ def preset_markov(ds, sel=None, out=None):
         pts = pts[np.isfinite(pts) & (pts > 0)]
         if pts.size:  # the points, not the widest interval, set the range
             axr.set_ylim(min(0.8, pts.min() / 1.1), max(1.25, pts.max() * 1.1))
+        from matplotlib.ticker import FormatStrFormatter
+
+        axr.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        axr.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
         axr.set_ylabel("tau_MC / tau_exact")
+        fig.align_ylabels([ax, axr])
         axr.set_xlabel("learning rate T")
         axr.grid(True, alpha=0.3, which="both")
         axr.text(0.01, 0.04, f"MC reads high where the budget ({budget}) is short against tau (early deficit)",
