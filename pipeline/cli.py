@@ -118,11 +118,50 @@ def _validate(args) -> int:
     if args.json:
         print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
     else:
-        for info in reports:
-            for k, v in info.items():
-                print(f"{k:>36}: {v}")
-            print()
+        print("\n\n".join(_validate_text(info) for info in reports))
     return 0
+
+
+def _count(n) -> str:
+    """A count as a person writes it: 12,000 (never 12000.0); big ones also as 1.2e+13."""
+    n = float(n)
+    if n.is_integer() and abs(n) < 1e12:
+        return f"{int(n):,}"
+    return f"{n:.3g}"
+
+
+def _validate_text(info: dict) -> str:
+    """validate's report of one spec as lines a person reads (`--json` gives the raw numbers)."""
+    axes = " x ".join(f"{a} {n}" for a, n in info["axes"].items())
+    solver = info["method"] == "markov"
+    secs = info["estimated_core_seconds_upper_bound"]
+    lines = [f"{info['spec']}: spec '{info['name']}' is valid (method {info['method']}, spec hash {info['spec_hash'][:12]})",
+             f"  output:  {info['output']}",
+             f"  grid:    {axes} = {_count(info['cells'])} cells, "
+             + ("solved by the exact solver (no walkers)" if solver else f"{_count(info['walkers_per_cell'])} walkers each"),
+             f"  chunks:  {_count(info['chunks'])} of shape {' x '.join(map(str, info['chunk_shape']))} "
+             f"(T x batch_size x depth x width); {_count(info['tasks'])} tasks"
+             + ("" if solver else f" of at most {_count(info['walkers_per_task_max'])} walkers")]
+    if not solver:
+        lines.append(f"  work:    at most {_count(info['walker_steps_upper_bound'])} walker-steps "
+                     f"({_count(info['work_upper_bound'])} kernel steps in rounds of 64), at most "
+                     + (f"{secs:.2g}" if secs < 10 else _count(round(secs))) + " core-seconds")
+    if "store" in info:
+        plan = {k.removeprefix("store_"): v for k, v in info.items() if k.startswith("store_")}
+        action = plan.pop("action", "?")
+        words = []
+        for k, v in plan.items():
+            if k == "added" and isinstance(v, dict):
+                v = "; ".join(f"{a} += {', '.join(f'{x:g}' for x in vals)}" for a, vals in v.items()) or "nothing"
+            elif k == "walkers" and isinstance(v, (list, tuple)):
+                v = f"{_count(v[0])} -> {_count(v[1])}"
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                v = _count(v)
+            words.append(f"{k.replace('_', ' ')} {v}")
+        act = {"nothing (complete)": "is complete: nothing to compute", "create": "would be created",
+               "resume": "would be resumed", "grow": "would grow"}.get(action, f"would {action}")
+        lines.append(f"  store:   {info['store']} {act}" + (f" ({', '.join(words)})" if words else ""))
+    return "\n".join(lines)
 
 
 def _refine(args) -> int:
@@ -185,11 +224,21 @@ def _refine(args) -> int:
 
 # ---------------------------------------------------------------- status / query
 def _open(path):
+    """Open a store for query / status / verify, or one line saying which failure it was (exit 2)."""
+    from .analysis.load import check_store, not_a_cube, unreadable
     from .sweep import store
 
-    if not store.is_cube(path):
-        raise InputError(f"{path}: not an escape-sweep cube (no such store, or not made by escape-sweep)")
-    return store.open_cube(path)
+    check_store(path)
+    try:
+        ok = store.is_cube(path)
+    except Exception as e:  # noqa: BLE001 - a store whose metadata cannot be read
+        raise unreadable(path, e) from None
+    if not ok:
+        raise not_a_cube(path, "a Zarr store without the escape-sweep format attribute")
+    try:
+        return store.open_cube(path)
+    except Exception as e:  # noqa: BLE001
+        raise unreadable(path, e) from None
 
 
 def _status(args) -> int:

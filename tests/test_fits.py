@@ -158,14 +158,14 @@ def test_fit_command(tmp_path, capsys):
     assert "0.01 <= T <= 0.014" in text and "left out: outside --T-range at T = 0.016" in text
     with pytest.raises(InputError, match="--T-range 0.02: expected LO:HI"):
         run_cli(["fit", path, "--T-range", "0.02"])
-    with pytest.raises(InputError, match="no such file"):
+    with pytest.raises(InputError, match="missing.zarr: no such path$"):
         run_cli(["fit", str(tmp_path / "missing.zarr")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="not a Zarr store"):
         run_cli(["fit", str(tmp_path / "empty")])
     other = tmp_path / "other.zarr"
     xr.Dataset({"a": ("x", np.arange(3))}).to_zarr(other, zarr_format=3, consolidated=False)
-    with pytest.raises(InputError, match="not an escape-sweep cube: dims T, steps"):
+    with pytest.raises(InputError, match=r"not an escape-sweep cube \(dims T, steps"):
         run_cli(["fit", str(other)])
 
 
@@ -187,3 +187,51 @@ def test_goodness_of_fit_rejects_a_wrong_law_and_widens_its_intervals():
     assert width > 2.0 * float(raw["slope_high"] - raw["slope_low"])
     text = tables.format_table(f)
     assert "chi^2/dof" in text and "rejected" in text
+
+
+def test_early_deficit_cells_left_out_of_fits_and_counted(tmp_path, capsys):
+    """Escapes that start 15 steps late with tau ~ 1000: at budget 100 exposure / escapes reads tau
+    about 15% high (a delayed geometric: exact tau = 15 + 1 / q), so those cells are left out of the
+    fits with their reason and counted; at budget 10000 (10 tau) the same walkers are honest and fitted."""
+    law = lambda t, b, d, w: np.log(1000.0) + 0.02 / t - 0.02 / 0.015  # noqa: E731  tau 600..1500 steps
+    ds = synthetic_cube([0.012, 0.014, 0.016, 0.018], steps=[100, 10000], walkers=20000, seed=4, delay=15, ln_tau=law)
+    tau_hat = ds["exposure"] / ds["n_escaped"]
+    exact = np.exp(xr.apply_ufunc(law, ds["T"], 1, 1.0, 0.1))
+    assert float((tau_hat.sel(steps=100) / exact).min()) > 1.08  # the bias is real in these cells
+    f = fits.fit_cube(ds)
+    short = f["cell_status"].sel(steps=100).values
+    assert (short == fits.EARLY).all(), short
+    assert (f["cell_status"].sel(steps=10000).values == fits.BOUNDED).all()
+    assert int(f["fit_n_cells"].sel(steps=100).item()) == 0 and int(f["fit_n_cells"].sel(steps=10000).item()) == 4
+    assert float(f["early_bias"].sel(steps=100).min()) > 0.08
+    text = tables.format_table(f)
+    assert "Cells left out of every fit: 4 (4 left out: early deficit" in text
+    assert "early deficit: escapes in the first steps are rarer" in text
+    # the stored fits keep their variables grouped by fit (Zarr lists arrays unordered)
+    path = write_cube(ds, tmp_path / "c.zarr")
+    fits.write_fits(f, path)
+    names = list(pipeline.open_fits(path).data_vars)
+    i = names.index("arrhenius_slope")
+    assert names[i:i + 9] == [f"arrhenius_{k}" for k in fits._FIT_KEYS]
+    assert names[i + 9:i + 11] == ["fit_n_cells", "fit_n_unbounded"]
+    assert names.index("linear_slope") > names.index("fit_T_max") and names[0] == "tau_source"
+
+
+def test_fit_summary_by_default_and_every_row_with_all(tmp_path, capsys):
+    """`fit` prints the fits that have data and counts the rest; `--all` prints every row."""
+    ds = synthetic_cube([0.004, 0.005, 0.012, 0.014, 0.016, 0.018], steps=[100, 1000], batch_size=[1, 2, 4, 8],
+                        walkers=400, seed=9, ln_tau=arrhenius(-2.0, 0.1, 2.0))
+    path = write_cube(ds, tmp_path / "c.zarr")
+    assert run_cli(["fit", path, "--no-save"]) == 0
+    short = capsys.readouterr().out
+    assert run_cli(["fit", path, "--no-save", "--all"]) == 0
+    full = capsys.readouterr().out
+    assert len(short.splitlines()) < len(full.splitlines())
+    n = fits.fit_cube(ds)["fit_n_cells"].values
+    empty = int((n < 2).sum())
+    assert 0 < empty < n.size
+    assert f"  {empty} slices without a fit (fewer than 2 cells; --all lists them)" in short
+    # each family's table lists exactly the slices with a fit; --all lists them all
+    assert short.count("\n  100  ") + short.count("\n 1000  ") == 2 * int((n >= 2).sum())
+    assert full.count("\n  100  ") + full.count("\n 1000  ") >= 2 * n.size
+    assert "fits with >= 2 cells (table: --all)" in short and "ln tau = a + b B  at fixed T\n" in full

@@ -229,3 +229,193 @@ def test_exact_solver_cube_counts_as_computed_and_is_fitted(tmp_path, capsys):
     f = fits.fit_cube(fits.load_cube(store))
     assert int(f["fit_n_cells"].isel(steps=0).squeeze()) == 3
     assert (f["tau_source"].values == 1).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Every analysis command on the three kinds of cube: Monte Carlo, exact solver, both
+# ---------------------------------------------------------------------------------------------
+
+KINDS = ("montecarlo", "markov", "both")
+
+
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory):
+    """Three real cubes made once by the runner (in-process Dask): a few T, B <= 2, short budgets."""
+    from distributed import LocalCluster
+
+    from helpers import write_spec
+    from pipeline import run_sweep
+    from pipeline.deploy import ClusterOptions
+    from pipeline.sweep.runner import RunOptions
+
+    d = tmp_path_factory.mktemp("kinds")
+    out = {}
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as c:
+        for kind in KINDS:
+            spec = write_spec(d, name=kind, method=kind, walkers=1 if kind == "markov" else 3000,
+                              T="[0.025, 0.03]", steps="[100, 1000]", batch_size="[1, 2]")
+            s = run_sweep(str(spec), RunOptions(cluster=ClusterOptions(scheduler=c.scheduler_address), progress=False))
+            out[kind] = s.path
+    return out
+
+
+def _legend_texts(ax):
+    leg = ax.get_legend()
+    return [t.get_text() for t in leg.get_texts()] if leg else []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_analysis_command_on_each_kind_of_cube(kinds, kind, tmp_path, capsys):
+    """query, fit, plot (every preset), report and theory run on Monte Carlo, exact-solver and both
+    cubes; what a cube cannot show is refused in one line, never drawn empty or mislabelled."""
+    path = kinds[kind]
+    assert run_cli(["query", path, "--var", "log10_escape_time", "--sel", "steps=100", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.count("\n") == 1 + 4
+    assert run_cli(["fit", path, "--no-save"]) == 0
+    text = capsys.readouterr().out
+    assert ("tau from: exact solver" in text) == (kind != "montecarlo")
+    assert ("Memorylessness" in text) == (kind != "markov")  # nothing sampled: nothing to test
+    assert run_cli(["theory", path, "--no-save", "--sel", "batch_size=1", "T=0.03"]) == 0  # MC: solved on the fly
+    capsys.readouterr()
+    ds = fits.load_cube(path)
+    for name in presets.PRESETS:
+        out = tmp_path / f"{name}.png"
+        sel = ["--sel", "batch_size=1", "T=0.03"] if name == "theory" else []  # MC: exact tau solved on the fly
+        if (name == "survival" and kind == "markov") or (name == "markov" and kind == "montecarlo"):
+            with pytest.raises(SelectionError, match="nothing to show|no mfpt variable"):
+                run_cli(["plot", path, "--preset", name, "-o", str(out)])
+            continue
+        if name in ("p_escape", "theory"):  # the command line (theory: test_theory.py looks into it)
+            assert run_cli(["plot", path, "--preset", name, *sel, "-o", str(out)]) == 0, name
+            if name == "theory":
+                continue
+        fig = presets.preset(ds, name, out=out)
+        assert out.stat().st_size > 10_000
+        texts = [t for ax in fig.axes for t in _legend_texts(ax)] + [ax.get_title() for ax in fig.axes]
+        if kind == "markov":  # nothing sampled: nothing called Monte Carlo or a censored MLE
+            assert not [t for t in texts if "Monte Carlo" in t or "censored" in t.lower()], (name, texts)
+        if name == "markov":
+            ax = fig.axes[0]
+            assert any(t.startswith("exact solver") for t in _legend_texts(ax))
+            mc_bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+            assert bool(mc_bars) == (kind == "both")
+            if kind == "both":  # the ratio panel: MC / exact with its interval, around 1
+                axr = fig.axes[1]
+                assert axr.get_ylabel() == "tau_MC / tau_exact" and axr.get_yscale() == "log"
+                bars = [c for c in axr.containers if isinstance(c, ErrorbarContainer)]
+                y = np.concatenate([c.lines[0].get_ydata() for c in bars])
+                tau = ds["mfpt"].sel(batch_size=[1, 2]).isel(depth=0, width=0).transpose("batch_size", "T").values
+                mc = 10 ** ds["log10_escape_time"].sel(steps=1000).isel(depth=0, width=0).transpose("batch_size", "T").values
+                want = (mc / tau)[np.isfinite(mc)]
+                np.testing.assert_allclose(np.sort(y), np.sort(want.ravel()), rtol=1e-9)
+        if name == "escape_time" and kind != "montecarlo":
+            assert [t for t in _legend_texts(fig.axes[0]) if "exact tau" in t]
+    out = tmp_path / "r.html"
+    assert run_cli(["report", path, "-o", str(out)]) == 0
+    page = out.read_text()
+    _, titles = report.render_report(ds, source=path)
+    parser = _Collect()
+    parser.feed(page)
+    assert len(parser.imgs) == len(titles)
+    for src in parser.imgs:  # every embedded figure has something on it
+        img = mpimg.imread(__import__("io").BytesIO(base64.b64decode(src.split(",", 1)[1])), format="png")
+        assert img[..., :3].std() > 0.05
+    if kind == "markov":
+        assert "Survival curves" not in titles and "median escape time against T" not in titles
+        assert "(Survival curves): not drawn: a method = markov cube samples no walkers" in html.unescape(page)
+        assert "Censored exponential MLE" not in page and "Monte Carlo censored" not in page
+        assert "Not checked: the exact solver sampled no walkers" in page and "memoryless cells only" not in page
+        assert "Monte Carlo (red" not in page and "Weighted least squares of the exact ln tau" in page
+    else:
+        assert "Survival curves" in titles
+    assert ("Markov chain against Monte Carlo" in titles) == (kind == "both")
+
+
+def test_solver_cube_descriptions_are_true_for_it(kinds):
+    """A method = markov cube says what its variables hold: the exact solver's values, not a censored MLE."""
+    mk = fits.load_cube(kinds["markov"])
+    d = mk["log10_escape_time"].attrs["description"]
+    assert d.startswith("method = markov") and "mfpt" in d and "exposure" not in d and "censored" not in d
+    for name in ("p_escape_low", "escape_rate", "log10_escape_time_low"):
+        assert "chi-square" not in mk[name].attrs["description"] and "Wilson" not in mk[name].attrs["description"]
+    mc = fits.load_cube(kinds["montecarlo"])
+    assert "budget is >= 1000 steps or >= 3 tau" in mc["log10_escape_time"].attrs["description"]
+
+
+def test_figures_draw_fits_only_over_their_data(cube, tmp_path):
+    """escape_time and batch presets: each fit line spans only the x of the cells it used, its legend
+    counts them and (escape_time) speaks log10 like the axis; a clipped T range is said in the title."""
+    fig = presets.preset_escape_time(cube)
+    ax = fig.axes[0]
+    f = fits.fit_cube(cube.sel(T=slice(0.01, 0.02)).sel(batch_size=[1]))
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert dashed
+    for ln in dashed:
+        lab = ln.get_label()
+        steps = int(lab.split("steps=")[1].split(",")[0])
+        fi = f.sel(steps=steps).isel(batch_size=0, depth=0, width=0)
+        x = ln.get_xdata()
+        assert np.isclose(x.min(), float(fi["fit_T_min"])) and np.isclose(x.max(), float(fi["fit_T_max"]))
+        assert f"{int(fi['fit_n_cells'])} points: log10 tau = " in lab
+        a, b = float(fi["arrhenius_intercept"]), float(fi["arrhenius_slope"])
+        np.testing.assert_allclose(ln.get_ydata(), (a + b / x) / np.log(10))  # drawn in log10, like the axis
+    assert "T clipped to 0.011..0.019" in ax.get_title()
+    # batch: at T = 0.012 nothing escaped at B = 4, so that T's fit spans B = 1..2 only (no extrapolation)
+    ds = synthetic_cube([0.012, 0.03], steps=[1000], batch_size=[1, 2, 4], walkers=1000, seed=2,
+                        ln_tau=arrhenius(-2.0, 0.1, 3.0))
+    assert int(ds["n_escaped"].sel(T=0.012, batch_size=4).sum()) == 0 and (ds["n_escaped"].sel(T=0.03) > 0).all()
+    fig = presets.preset_batch(ds)
+    fl = {ln.get_label().split(",")[0]: ln.get_xdata() for ln in fig.axes[0].get_lines() if ln.get_linestyle() == "--"}
+    assert fl["fit T = 0.012"].max() == 2 and fl["fit T = 0.03"].max() == 4
+    assert "fit T = 0.012, 2 points" in [t.split(":")[0] for t in _legend_texts(fig.axes[0])]
+    lo, hi = fig.axes[0].get_ylim()
+    assert hi < float(np.log(ds["exposure"].sel(T=0.012, batch_size=4).max())) + 3  # the axis is not stretched by a fit
+    # survival: log steps, so curves that fall within tens of steps are not crushed on the axis
+    assert presets.preset_survival(cube).axes[0].get_xscale() == "log"
+
+
+def test_lower_bound_triangles_are_told_apart(tmp_path):
+    """Cells where nothing escaped at the same T for two batch sizes: triangles in each line's
+    colour, side by side, not one drawn over the other."""
+    ds = synthetic_cube([0.005, 0.006, 0.02, 0.025], steps=[100], batch_size=[1, 2], walkers=300, seed=1,
+                        ln_tau=arrhenius(-2.0, 0.1, 0.5))
+    assert (ds["n_escaped"].sel(T=[0.005, 0.006]) == 0).all()
+    fig = plots.plot_cube(ds, "T", "log10_escape_time", hue="batch_size", out=tmp_path / "b.png")
+    tri = [ln for ln in fig.axes[0].get_lines() if ln.get_marker() == "^"]
+    assert len(tri) == 2
+    assert tri[0].get_markerfacecolor() != tri[1].get_markerfacecolor()
+    assert not np.allclose(tri[0].get_xdata(), tri[1].get_xdata())
+
+
+def test_store_messages_are_one_uniform_line(tmp_path, capsys):
+    """Every command that reads a store says which failure it was, in one line, exit 2."""
+    from pipeline.cli import main
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    bad = tmp_path / "bad.zarr"
+    bad.mkdir()
+    (bad / "zarr.json").write_text("{not json")
+    cases = {tmp_path / "missing.zarr": "no such path", tmp_path / "empty": "not an escape-sweep cube (no zarr.json",
+             tmp_path / "file.txt": "not an escape-sweep cube (a file", bad: "unreadable ("}
+    extra = {"plot": ["--preset", "p_escape", "-o", str(tmp_path / "x.png")], "report": ["-o", str(tmp_path / "x.html")]}
+    for cmd in ("query", "status", "verify", "plot", "fit", "report", "theory"):
+        for path, why in cases.items():
+            capsys.readouterr()
+            assert main([cmd, str(path), *extra.get(cmd, [])]) == 2, (cmd, path)
+            err = capsys.readouterr().err
+            assert err == f"escape-sweep: error: STORE {path}: {why}" + err.split(why, 1)[1], (cmd, err)
+            assert err.count("\n") == 1, (cmd, err)
+
+
+def test_validate_prints_lines_a_person_reads(tmp_path, capsys):
+    from pipeline.cli import main
+
+    from helpers import write_spec
+
+    f = write_spec(tmp_path, name="v", walkers=20000, T="[0.01, 0.02]", steps="[100, 1000]", batch_size="[1, 2]")
+    assert main(["validate", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "{" not in out and "'" not in out.split("spec 'v'")[1]  # no Python dict or repr
+    assert "= 4 cells, 20,000 walkers each" in out
+    assert "walker-steps" in out and ".0 " not in out and not [w for w in out.split() if w.endswith(".0")]

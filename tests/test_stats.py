@@ -285,3 +285,48 @@ def test_memoryless_detects_transient_and_mixture():
     m = stats.memorylessness(s["hist"], edges, s["n_walkers"])
     assert m["verdict"] == 2 and m["n_events"] == 5
     assert stats.VERDICTS[int(m["verdict"])] == "too few escapes"
+
+
+def test_early_deficit_against_the_exact_solver():
+    """A real walker sample at T = 0.02, B = 1 (exact tau ~ 143 steps): at budget 100 (about tau)
+    exposure / escapes reads tau high because escapes start late; the check flags it and its bias
+    estimate matches the exact bias from the solver's P(escape by n) within the sampling error. At
+    budget 1000 (7 tau) the estimate is honest and the cell is not flagged."""
+    import pipeline
+    from pipeline.model.markov import markov_cell
+
+    budgets = (100, 1000)
+    r = markov_cell(0.02, 1, 1.0, 0.1, budgets=tuple(range(1, 1001)))
+    S = np.concatenate([[1.0], 1.0 - np.asarray(r.p_escape)])  # S(n), n = 0..1000
+    # E[exposure] / E[escapes] per walker over a budget b, against the exact mean
+    exact_bias = {b: S[:b].sum() / (1.0 - S[b]) / r.mfpt - 1.0 for b in budgets}
+    assert exact_bias[100] > 0.05 and abs(exact_bias[1000]) < 0.005
+    edges = histogram_edges(1000, budgets)
+    esc = pipeline.simulate(T=0.02, steps=1000, batch_size=1, depth=1.0, width=0.1, walkers=20000, seed=3)
+    c = summarize(esc, budgets, edges)
+    short = stats.early_deficit(c["hist"], edges, c["n_walkers"], c["n_diverged"], budget=100)
+    long = stats.early_deficit(c["hist"], edges, c["n_walkers"], c["n_diverged"], budget=1000)
+    assert bool(short["flag"]) and not bool(long["flag"])
+    assert float(short["p_value"]) < 1e-6  # escapes before the split are far rarer than one hazard says
+    for m, b in ((short, 100), (long, 1000)):
+        assert abs(float(m["bias"]) - exact_bias[b]) < 4 * float(m["bias_se"]) + 0.01, (b, m, exact_bias[b])
+    # the sample's own tau_hat at budget 100 is high by about the exact bias (not noise)
+    tau_hat = c["exposure"][0] / c["n_escaped"][0]
+    assert tau_hat / r.mfpt - 1 > exact_bias[100] - 4 / np.sqrt(c["n_escaped"][0])
+    # memorylessness reports such cells as "early deficit", not "exponential"
+    assert int(stats.memorylessness(c["hist"], edges, c["n_walkers"], budget=100)["verdict"]) == stats.EARLY_DEFICIT
+    assert int(stats.memorylessness(c["hist"], edges, c["n_walkers"], budget=1000)["verdict"]) != stats.EARLY_DEFICIT
+
+
+def test_early_deficit_not_flagged_for_a_constant_hazard():
+    """Geometric escapes from step 1 (no late start): over 40 samples at a short budget the check
+    flags at most a few (its one-sided level is 1%, and it also needs a bias above 2%)."""
+    rng = np.random.default_rng(11)
+    edges = histogram_edges(1000, (100, 1000))
+    flags = 0
+    for _ in range(40):
+        esc = rng.geometric(1 / 150.0, 5000).astype(np.int64)
+        esc[esc > 1000] = -1
+        c = summarize(esc, (100, 1000), edges)
+        flags += int(stats.early_deficit(c["hist"], edges, c["n_walkers"], budget=100)["flag"])
+    assert flags <= 2

@@ -29,6 +29,8 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--exponential-only", action="store_true",
                    help="leave out cells whose escape is not memoryless (tau is not a rate there)")
     p.add_argument("--no-save", action="store_true", help="do not write STORE/fits")
+    p.add_argument("--all", dest="full", action="store_true",
+                   help="print every row of every table (default: the fits with data and counts of the rest)")
     p.set_defaults(func=fit)
 
     p = subparsers.add_parser(
@@ -97,7 +99,7 @@ def fit(args) -> int:
     if args.format == "json":
         print(json.dumps(tables.to_json(result), indent=1, allow_nan=False))
     else:
-        print(tables.format_table(result))
+        print(tables.format_table(result, full=getattr(args, "full", False)))
     return 0
 
 

@@ -38,11 +38,12 @@ FITS_GROUP = "fits"
 EXACT_SIGMA_FLOOR = 1e-6  # ln-tau sigma of an exact-solver cell: its discretisation error, at least this
 
 # cell status codes (variable `cell_status`); every code but BOUNDED keeps the cell out of the fits
-BOUNDED, NO_ESCAPES, NOT_RUN, NO_EXPOSURE, NON_EXPONENTIAL, OUTSIDE_T = 0, 1, 2, 3, 4, 5
+BOUNDED, NO_ESCAPES, NOT_RUN, NO_EXPOSURE, NON_EXPONENTIAL, OUTSIDE_T, EARLY = 0, 1, 2, 3, 4, 5, 6
 STATUS = {BOUNDED: "bounded", NO_ESCAPES: "no escapes (tau only bounded below)",
           NOT_RUN: "not run (n_walkers = 0)", NO_EXPOSURE: "no exposure",
-          NON_EXPONENTIAL: "left out: not memoryless (exponential_only)", OUTSIDE_T: "left out: outside --T-range"}
-FLAG_MEANINGS = "bounded no_escapes not_run no_exposure non_exponential outside_t_range"
+          NON_EXPONENTIAL: "left out: not memoryless (exponential_only)", OUTSIDE_T: "left out: outside --T-range",
+          EARLY: "left out: early deficit (budget too short: exposure / escapes reads tau high)"}
+FLAG_MEANINGS = "bounded no_escapes not_run no_exposure non_exponential outside_t_range early_deficit"
 
 
 def _budget_sel(ds: xr.Dataset, budget) -> xr.Dataset:
@@ -267,7 +268,7 @@ def memoryless_cells(ds: xr.Dataset) -> xr.Dataset | None:
     nw = ds["n_walkers"].isel(steps=0).transpose(*CELL_AXES).values
     nd = (ds["n_diverged"].isel(steps=0).transpose(*CELL_AXES).values
           if "n_diverged" in ds else 0)
-    keys = ("transient", "transient_fraction", "tail_rate", "p_value", "verdict")
+    keys = ("transient", "transient_fraction", "tail_rate", "p_value", "early_bias", "verdict")
     res = {k: [] for k in keys}
     for s in ds["steps"].values:
         m = stats.memorylessness(hist, edges, nw, nd, budget=min(int(s), int(edges[-1]) - 1))
@@ -286,11 +287,14 @@ def memoryless_cells(ds: xr.Dataset) -> xr.Dataset | None:
     put("tail_rate", "tail_rate", "escape rate after the transient", "1/step", "per-step hazard MLE after the transient")
     put("memoryless_p", "p_value", "p-value of a constant hazard after the transient", "1",
         "likelihood-ratio test against a piecewise-constant hazard")
+    put("early_bias", "early_bias", "early-deficit bias of exposure / escapes", "1",
+        "estimated tau_hat / tau - 1 of the censored MLE at this budget, from the late hazard "
+        "(stats.early_deficit); > 0 where escapes start late and the budget is short")
     put("rate_summary", "verdict", "does the exponential rate summarise the cell", "1",
         "; ".join(f"{k} = {v}" for k, v in stats.VERDICTS.items())
         + " (non-exponential: quote median_escape_time)")
     out["rate_summary"].attrs.update(flag_values=list(stats.VERDICTS),
-                                     flag_meanings="exponential non_exponential too_few_escapes")
+                                     flag_meanings="exponential non_exponential too_few_escapes early_deficit")
     return out
 
 
@@ -298,7 +302,9 @@ def fit_cube(ds: xr.Dataset, budget=None, conf: float = 0.95, memoryless: bool =
              t_range: tuple[float, float] | None = None, exponential_only: bool = False) -> xr.Dataset:
     """All fits of a cube as one labelled Dataset (what `write_fits` stores in `fits/`).
 
-    By default every cell with a two-sided tau enters the fits. `t_range=(lo, hi)` keeps only
+    By default every cell with a two-sided tau enters the fits, except Monte Carlo cells with an
+    early deficit (`stats.early_deficit`: a budget too short for exposure / escapes to be tau,
+    status EARLY). `t_range=(lo, hi)` keeps only
     lo <= T <= hi; `exponential_only` also leaves out cells whose escape is not memoryless
     (`stats.memorylessness` verdict 1), where tau is not a rate. Cells left out keep their reason
     in `cell_status`."""
@@ -306,22 +312,34 @@ def fit_cube(ds: xr.Dataset, budget=None, conf: float = 0.95, memoryless: bool =
     ds = _budget_sel(ds, budget)
     ds = ds.load() if hasattr(ds, "load") else ds
     cells = cell_estimates(ds, conf)
-    mem = memoryless_cells(ds) if (memoryless or exponential_only) else None
+    sampled = bool((ds["n_walkers"] > 0).any())  # a method = markov cube has no escapes to test
+    mem = memoryless_cells(ds) if (memoryless or exponential_only) and sampled else None
     status = cells["cell_status"]
     if t_range is not None:
         lo, hi = (float(v) for v in t_range)
         inside = (ds["T"] >= lo * (1 - 1e-9)) & (ds["T"] <= hi * (1 + 1e-9))
         status = status.where(~((status == BOUNDED) & ~inside), OUTSIDE_T)
     if exponential_only:
-        if mem is None:
+        if mem is None and sampled:
             raise InputError("exponential_only: the cube has no escape_hist to test memorylessness with")
-        status = status.where(~((status == BOUNDED) & (mem["rate_summary"] == 1)), NON_EXPONENTIAL)
+        if mem is not None:
+            status = status.where(~((status == BOUNDED) & (mem["rate_summary"] == 1)), NON_EXPONENTIAL)
+    if mem is not None:  # Monte Carlo tau that a short budget biases high: never fitted
+        early = (mem["rate_summary"] == stats.EARLY_DEFICIT) & (cells["tau_source"] == 0)
+        status = status.where(~((status == BOUNDED) & early), EARLY)
     cells["cell_status"] = status.astype(np.int8).assign_attrs(cells["cell_status"].attrs)
     parts = [cells, fit_temperature(ds, cells, conf)]
     for extra in (fit_batch(ds, cells, conf), ratio_check(ds, cells, conf), mem):
         if extra is not None:
             parts.append(extra)
     out = xr.merge(parts, compat="override", join="outer", combine_attrs="drop")
+    # grouped by fit: each family's slope, intercept, intervals, chi2, p, then its point counts
+    first = [v for v in out.data_vars if not v.startswith(("fit_", "linear_", "batch_", "ratio_"))
+             and v in cells.data_vars] + [v for v in out.data_vars if v.startswith("arrhenius_")]
+    counts = [v for v in ("fit_n_cells", "fit_n_unbounded", "fit_T_min", "fit_T_max") if v in out]
+    order = first + counts + [v for v in out.data_vars if v.startswith("linear_")]
+    order += [v for v in out.data_vars if v not in order]
+    out = out[order]
     out.attrs.update(
         description="escape-sweep fits: ln tau = a + b/T (arrhenius_*), ln tau = a + b T (linear_*) per "
                     "(steps, batch_size, depth, width); ln tau = a + b B (batch_*) per (steps, T, depth, width); "
@@ -330,7 +348,8 @@ def fit_cube(ds: xr.Dataset, budget=None, conf: float = 0.95, memoryless: bool =
         cell_selection="memoryless cells with a two-sided tau" if exponential_only else "cells with a two-sided tau",
         weights="1 / sigma^2, sigma = (ln tau_high - ln tau_low) / (2 z) from exact chi-square bounds",
         intervals=INTERVALS, goodness_of_fit=f"chi2_dof and gof_p per fit; p < {REJECT_P}: rejected",
-        tau_source=("exact solver (mfpt) where the cube has it, Monte Carlo elsewhere" if "mfpt" in ds
+        tau_source=("exact solver (mfpt); nothing sampled, so no memorylessness check" if "mfpt" in ds and not sampled
+                    else "exact solver (mfpt) where the cube has it, Monte Carlo elsewhere" if "mfpt" in ds
                     else "Monte Carlo: exposure / n_escaped"),
         cube_name=str(ds.attrs.get("name", "")), cube_spec_hash=str(ds.attrs.get("spec_hash", "")),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -3,6 +3,7 @@ line (NotACube, exit 2) for a missing path, a directory that is not Zarr, or a f
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -30,25 +31,60 @@ def check_cube(ds: xr.Dataset, where: str = "dataset") -> xr.Dataset:
     return ds
 
 
+def no_such(text: str) -> NotACube:
+    return NotACube(f"STORE {text}: no such path")
+
+
+def not_a_cube(text: str, why: str) -> NotACube:
+    return NotACube(f"STORE {text}: not an escape-sweep cube ({why}); give the path of a cube made by `escape-sweep run`")
+
+
+def unreadable(text: str, e: BaseException) -> NotACube:
+    return NotACube(f"STORE {text}: unreadable ({type(e).__name__}: {str(e)[:160]})")
+
+
+def check_store(path) -> str:
+    """The one check every command that reads a store makes first (query, status, verify, plot, fit,
+    report, theory): NotACube saying which failure it was -- no such path, not a cube, unreadable."""
+    text = str(path)
+    if is_remote(text):
+        return text
+    p = Path(text)
+    try:
+        if not p.exists():
+            raise no_such(text)
+        if not p.is_dir():
+            raise not_a_cube(text, "a file, not a Zarr store directory")
+        meta = p / "zarr.json"
+        if not meta.exists() and not (p / ".zgroup").exists():
+            raise not_a_cube(text, "no zarr.json inside: not a Zarr store")
+        if meta.exists():
+            json.loads(meta.read_bytes())
+    except NotACube:
+        raise
+    except (PermissionError, ValueError) as e:  # unreadable file, or metadata that is not JSON
+        raise unreadable(text, e) from None
+    return text
+
+
 def load_cube(path) -> xr.Dataset:
     """Open a cube lazily with xarray and check that it is one; NotACube otherwise."""
-    text = str(path)
-    local = not is_remote(text)
-    if local and not Path(text).exists():
-        raise NotACube(f"CUBE={text}: no such file or directory")
-    if local and not (Path(text) / "zarr.json").exists() and not (Path(text) / ".zgroup").exists():
-        raise NotACube(f"CUBE={text}: not a Zarr store (no zarr.json inside); give the path of a cube made by `escape-sweep run`")
+    text = check_store(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = xr.open_zarr(text)
-    except Exception as e:  # noqa: BLE001 - any failure to open is "not a cube" for the user
-        raise NotACube(f"CUBE={text}: xarray cannot open it as a Zarr dataset ({type(e).__name__}: {e})") from None
-    return check_cube(ds, f"CUBE={text}")
+    except Exception as e:  # noqa: BLE001 - any failure to open is "unreadable" for the user
+        raise unreadable(text, e) from None
+    try:
+        return check_cube(ds, f"STORE {text}")
+    except NotACube as e:
+        raise not_a_cube(text, str(e).split("not an escape-sweep cube: ", 1)[-1]) from None
 
 
 def write_group(ds: xr.Dataset, path, group: str) -> None:
     """Store an analysis result as the `group/` of the cube at `path` (replacing an older one)."""
+    ds = ds.assign_attrs(variable_order=list(map(str, ds.data_vars)))  # Zarr lists arrays unordered
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.to_zarr(str(path), group=group, mode="w", zarr_format=3, consolidated=True)
@@ -61,4 +97,6 @@ def open_group(path, group: str, command: str) -> xr.Dataset:
         raise FileNotFoundError(f"{text}: no {group} group; run `escape-sweep {command} {text}` first")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return xr.open_zarr(text, group=group, consolidated=False)
+        ds = xr.open_zarr(text, group=group, consolidated=False)
+    order = [v for v in ds.attrs.get("variable_order", []) if v in ds.data_vars]
+    return ds[order + [v for v in ds.data_vars if v not in order]] if order else ds

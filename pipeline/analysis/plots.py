@@ -26,6 +26,7 @@ FIGSIZE = (7.0, 4.4)
 DPI = 120
 LOG_X_DIMS = ("steps", "escape_step_bin")
 LINEAR_Y = ("p_escape", "log10_escape_time", "ln_tau", "transient_fraction")
+MARKERS = ("o", "s", "D", "v", "P", "X", "h", "<", ">", "p")  # one per hue value (cycled), so lines differ in grey too
 LOG_Y = ("median_escape_time", "escape_rate", "exposure", "mfpt", "tail_rate")  # log y from a 10x span
 
 
@@ -172,6 +173,9 @@ def plot_cube(ds: xr.Dataset, x: str, y: str, hue: str | None = None, sel: dict 
     colors = _hue_colors(len(hue_vals))
     order = np.argsort(xs)
     bound_label = True
+    logx_guess = (x in LOG_X_DIMS or _positive_span(xs) >= 1000) if logx is None else logx
+    gaps = np.diff(np.log(np.unique(xs[xs > 0]))) if logx_guess else np.diff(np.unique(xs))
+    dodge = 0.5 * float(gaps.min()) / max(len(hue_vals), 1) if gaps.size else 0.0
     for i, hv in enumerate(hue_vals):
         label_i = label if hv is None else f"{hue} = {_fmt(hv)}"
         v = val[i][order]
@@ -181,12 +185,15 @@ def plot_cube(ds: xr.Dataset, x: str, y: str, hue: str | None = None, sel: dict 
             has = np.isfinite(v)
             err = np.vstack([np.where(has, v - l_, np.nan), np.where(has & np.isfinite(h_), h_ - v, np.nan)])
             err = np.where(np.isfinite(err), np.maximum(err, 0), 0.0)
-            ax.errorbar(xo[has], v[has], yerr=err[:, has], color=colors[i], marker="o", ms=3.5, lw=1.2,
+            mk = MARKERS[i % len(MARKERS)] if len(hue_vals) > 1 else "o"
+            ax.errorbar(xo[has], v[has], yerr=err[:, has], color=colors[i], marker=mk, ms=3.5, lw=1.2,
                         capsize=2.5, elinewidth=0.9, label=label_i)
             only_low = ~has & np.isfinite(l_)
-            if only_low.any():
-                ax.plot(xo[only_low], l_[only_low], ls="none", marker="^", ms=6, mfc="none", color=colors[i],
-                        label="lower bound (none escaped)" if bound_label else None)
+            if only_low.any():  # filled in the line's colour, nudged sideways per hue: equal bounds stay apart
+                xb = xo[only_low] * (1 + dodge * (i - (len(hue_vals) - 1) / 2)) if logx_guess else \
+                    xo[only_low] + dodge * (i - (len(hue_vals) - 1) / 2)
+                ax.plot(xb, l_[only_low], ls="none", marker="^", ms=7, mfc=colors[i], mec="k", mew=0.5,
+                        label="lower bound (none escaped), colour of its line" if bound_label else None)
                 bound_label = False
         else:
             ax.plot(xo, v, color=colors[i], marker="o" if xo.size <= 60 else None, ms=3.5, lw=1.2, label=label_i)

@@ -48,6 +48,27 @@ def _t_window(ds, lo=0.01, hi=0.02):
     return ds.isel(T=np.flatnonzero(inside)) if inside.sum() >= 2 else ds
 
 
+def _clip_note(full, shown) -> str:
+    """A title line saying so when a preset shows only part of the cube's T values ("" otherwise)."""
+    if shown.sizes["T"] >= full.sizes["T"]:
+        return ""
+    T, t = full["T"].values, shown["T"].values
+    every = t.size == np.sum((T >= t.min()) & (T <= t.max()))
+    what = f"T clipped to {_fmt(t.min())}..{_fmt(t.max())}" if every else f"{t.size} T values in {_fmt(t.min())}..{_fmt(t.max())}"
+    return f"\n{what} (cube: {T.size} values, {_fmt(T.min())}..{_fmt(T.max())}; --sel T=... for others)"
+
+
+def solver_only(ds) -> bool:
+    """A method = "markov" cube: every value comes from the exact solver, nothing was sampled."""
+    if str(ds.attrs.get("method", "")) == "markov":
+        return True
+    return "mfpt" in ds and not bool((ds["n_walkers"] > 0).any())
+
+
+SOLVER_LABEL = "exact solver (Markov chain)"
+LN10 = math.log(10.0)
+
+
 def _pick(values, k):
     """Up to k values spread evenly over `values` (sorted)."""
     values = np.asarray(values)
@@ -64,8 +85,9 @@ def preset_p_escape(ds, sel=None, out=None):
     sel.setdefault("steps", want if len(want) > 1 else want[0])
     d = _default_sel(ds, sel)
     budgets = ", ".join(str(int(s)) for s in d["steps"].values)
+    how = " (exact solver, no sampling)" if solver_only(ds) else " (Monte Carlo, Wilson 95%)"
     return plot_cube(d, "T", "p_escape", hue="steps", out=out,
-                     title=f"P(escape within {budgets} steps) against learning rate T" + _cell_title(d))
+                     title=f"P(escape within {budgets} steps) against learning rate T{how}" + _cell_title(d))
 
 
 def _cell_title(d, dims=("batch_size", "depth", "width")):
@@ -73,22 +95,45 @@ def _cell_title(d, dims=("batch_size", "depth", "width")):
     return "\n" + ", ".join(parts) if parts else ""
 
 
+def _fit_cells(d):
+    """Fits of `d` (fits.fit_cube: exact tau where the cube has it, early-deficit cells left out)."""
+    return _fits.fit_cube(d)
+
+
 def preset_escape_time(ds, sel=None, out=None):
     """log10 escape time against T on 0.01..0.02 with 95% error bars, one line per budget, with the
-    Arrhenius fit (ln tau = a + b/T over the plotted cells) as a dashed line."""
-    d = _t_window(_default_sel(ds, sel))
+    Arrhenius fit (ln tau = a + b/T over the cells it used) as a dashed line drawn only over the T
+    range of those cells, its legend in log10 like the axis. On a solver-only cube: one line (the
+    exact tau is the same at every budget)."""
+    full = _default_sel(ds, sel)
+    d = _t_window(full) if "T" not in (sel or {}) else full
+    exact = solver_only(ds)
+    if exact:
+        d = d.isel(steps=[-1])
+    title = ("log10 mean escape time against T (exact solver: mfpt)" if exact
+             else "log10 mean escape time against T (Monte Carlo, 95% bounds)")
     fig = plot_cube(d, "T", "log10_escape_time", hue="steps" if d.sizes["steps"] > 1 else None,
-                    title="log10 mean escape time against T (95% chi-square bounds)" + _cell_title(d))
+                    title=title + _cell_title(d) + _clip_note(full, d), label=SOLVER_LABEL if exact else None)
     ax = fig.axes[0]
-    f = _fits.fit_temperature(d)
+    f = _fit_cells(d)
     colors = _hue_colors(d.sizes["steps"])
-    Tf = np.linspace(float(d["T"].min()), float(d["T"].max()), 100)
+    fit_exact = bool((f["tau_source"] == 1).all())  # a cube with mfpt: every budget fits the same exact tau
     for i, s in enumerate(d["steps"].values):
+        if fit_exact and i < d.sizes["steps"] - 1:
+            continue
         fi = f.sel(steps=s).isel(batch_size=0, depth=0, width=0)
         a, b = float(fi["arrhenius_intercept"]), float(fi["arrhenius_slope"])
-        if np.isfinite(a) and np.isfinite(b):
-            ax.plot(Tf, (a + b / Tf) / math.log(10), ls="--", lw=0.9, color=colors[i],
-                    label=f"fit steps={int(s)}: ln tau = {a:.3g} + {b:.3g}/T")
+        lo, hi, n = float(fi["fit_T_min"]), float(fi["fit_T_max"]), int(fi["fit_n_cells"])
+        if np.isfinite(a) and np.isfinite(b) and n >= 2:
+            Tf = np.linspace(lo, hi, 100)
+            what = "to the exact tau (mfpt)" if fit_exact else f"steps={int(s)}"
+            ax.plot(Tf, (a + b / Tf) / LN10, ls="--", lw=0.9, color="k" if fit_exact and not exact else colors[i],
+                    label=f"fit {what}, {n} points: log10 tau = {a / LN10:.3g} + {b / LN10:.3g}/T")
+    left = f["cell_status"].isel(batch_size=0, depth=0, width=0)
+    early = int((left == _fits.EARLY).sum())
+    if early:
+        ax.text(0.01, 0.01, f"{early} cells left out of the fits: early deficit (budget too short for "
+                "exposure / escapes to be tau)", transform=ax.transAxes, fontsize=6.5, color="0.3")
     ax.legend(fontsize=7, frameon=False)
     if out is not None:
         save(fig, out)
@@ -100,8 +145,12 @@ def preset_survival(ds, sel=None, out=None, n_curves: int = 5):
     is a memoryless escape), with 95% Greenwood (log-log) bands; dotted lines at the budgets."""
     if "escape_hist" not in ds:
         raise SelectionError("preset survival: the cube has no escape_hist variable")
+    if solver_only(ds):
+        raise SelectionError("preset survival: nothing to show: a method = markov cube samples no walkers (no "
+                             "escape_hist); the exact P(escape within each budget) is in --preset p_escape")
     sel = dict(sel or {})
-    d = _default_sel(ds, sel)
+    full = _default_sel(ds, sel)
+    d = full
     if "T" not in sel:
         d = _t_window(d)
         d = d.sel(T=_pick(d["T"].values, n_curves))
@@ -117,7 +166,7 @@ def preset_survival(ds, sel=None, out=None, n_curves: int = 5):
     nd = cell["n_diverged"].isel(steps=0).values if "n_diverged" in cell else 0
     sv = stats.survival_from_hist(cell["escape_hist"].transpose("T", "escape_step_bin").values, edges,
                                   cell["n_walkers"].isel(steps=0).values, nd, budget=smax)
-    t = np.concatenate([[0], sv.time])
+    t = np.concatenate([[1], sv.time])  # S = 1 before the first step; log steps: high T curves fall in tens of steps
     floor = None
     for i, T in enumerate(cell["T"].values):
         s = np.concatenate([[1.0], sv.survival[i]])
@@ -135,10 +184,12 @@ def preset_survival(ds, sel=None, out=None, n_curves: int = 5):
     ax.set_yscale("log")
     if floor:
         ax.set_ylim(bottom=max(floor, 1e-6), top=1.05)
-    ax.set_xlim(0, smax)
-    ax.set_xlabel("step n")
+    ax.set_xscale("log")
+    ax.set_xlim(1, smax)
+    ax.set_xlabel("step n (log scale)")
     ax.set_ylabel("S(n) = P(not escaped by step n)")
-    ax.set_title("Survival in the pit (Kaplan-Meier from escape_hist, 95% bands)" + _cell_title(d), fontsize=10)
+    ax.set_title("Survival in the pit (Kaplan-Meier from escape_hist, 95% bands)" + _cell_title(d)
+                 + _clip_note(full, d), fontsize=10)
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=8, frameon=False)
     if out is not None:
@@ -153,7 +204,8 @@ def preset_batch(ds, sel=None, out=None, n_curves: int = 5):
     sel = dict(sel or {})
     sel.setdefault("steps", int(ds["steps"].max()))
     d = _default_sel(ds, sel, keep=("batch_size",))
-    cells = _fits.cell_estimates(d)
+    cells = _fit_cells(d)
+    full = d
     if "T" not in sel:
         ok = (cells["cell_status"] == _fits.BOUNDED).sum([k for k in cells["cell_status"].dims if k != "T"]) >= 2
         Ts = d["T"].values[ok.values] if ok.any() else d["T"].values
@@ -166,18 +218,24 @@ def preset_batch(ds, sel=None, out=None, n_curves: int = 5):
     # cells where nothing escaped: draw the one-sided lower bound
     c["ln_tau_low"] = c["ln_tau_low"].where(c["cell_status"] != _fits.NO_ESCAPES, np.log(c["tau_lower_bound"]))
     c["ln_tau"].attrs.update(long_name="ln mean escape time", units="ln(steps)")
+    how = "exact solver" if solver_only(ds) else "Monte Carlo, 95% bounds"
     fig = plot_cube(c, "batch_size", "ln_tau", hue="T",
-                    title=f"ln tau against batch size (steps = {int(d['steps'].values[0])})"
-                    + _cell_title(d, ("depth", "width")))
+                    title=f"ln tau against batch size (steps = {int(d['steps'].values[0])}; {how})"
+                    + _cell_title(d, ("depth", "width")) + _clip_note(full, d))
     ax = fig.axes[0]
-    fb = _fits.fit_batch(d, None)
     colors = _hue_colors(d.sizes["T"])
-    B = np.linspace(float(d["batch_size"].min()), float(d["batch_size"].max()), 50)
+    used = c["cell_status"] == _fits.BOUNDED
     for i, T in enumerate(d["T"].values):
-        fi = fb.sel(T=T).isel(steps=0, depth=0, width=0)
+        if "batch_slope" not in cells:
+            break
+        fi = cells.sel(T=T).isel(steps=0, depth=0, width=0)
         a, b = float(fi["batch_intercept"]), float(fi["batch_slope"])
-        if np.isfinite(a) and np.isfinite(b):
-            ax.plot(B, a + b * B, ls="--", lw=0.9, color=colors[i])
+        Bs = d["batch_size"].values[used.sel(T=T).values].astype(float)
+        if np.isfinite(a) and np.isfinite(b) and Bs.size >= 2:  # only over the batch sizes the fit used
+            B = np.linspace(Bs.min(), Bs.max(), 50)
+            ax.plot(B, a + b * B, ls="--", lw=0.9, color=colors[i],
+                    label=f"fit T = {_fmt(T)}, {Bs.size} points: ln tau = {a:.3g} + {b:.3g} B")
+    ax.legend(fontsize=7, frameon=False, ncol=2)
     ax.set_xlabel("batch size B")
     if out is not None:
         save(fig, out)
@@ -185,35 +243,81 @@ def preset_batch(ds, sel=None, out=None, n_curves: int = 5):
 
 
 def preset_markov(ds, sel=None, out=None):
-    """Monte Carlo log10 escape time (largest budget, 95% bounds) and the Markov chain's log10 MFPT
-    against T, where the cube has `mfpt` (method = "markov" or "both")."""
+    """The exact solver's log10 mean escape time (mfpt, discretisation band) against T, one line per
+    batch size. On a "both" cube also the Monte Carlo exposure / escapes (largest budget, 95%
+    bounds) and below it the ratio tau_MC / tau_exact with its interval (1 = agreement)."""
     if "mfpt" not in ds:
         raise SelectionError("preset markov: the cube has no mfpt variable (run with method = \"markov\" or \"both\")")
     sel = dict(sel or {})
     sel.setdefault("steps", int(ds["steps"].max()))
-    d = _default_sel(ds, sel)
+    d = _default_sel(ds, sel, keep=("batch_size",) if "batch_size" not in sel else ())
+    for dim in ("depth", "width"):
+        if d.sizes[dim] != 1:
+            raise SelectionError(f"preset markov: pick one {dim} with --sel {dim}=VALUE ({dim} has {_describe(d[dim])})")
+    mc = not solver_only(ds)
     fig = _new_fig()
-    ax = fig.add_subplot()
-    m = d["mfpt"]
-    m = m.isel({k: 0 for k in m.dims if k != "T"})
+    if mc:
+        gs = fig.add_gridspec(2, 1, height_ratios=(2.0, 1.0), hspace=0.05)
+        ax, axr = fig.add_subplot(gs[0]), None
+        axr = fig.add_subplot(gs[1], sharex=ax)
+    else:
+        ax, axr = fig.add_subplot(), None
     T = d["T"].values.astype(float)
-    mv = m.transpose("T").values.astype(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lm = np.log10(mv)
-    if "log10_escape_time" in d:
-        plot_cube(d, "T", "log10_escape_time", ax=ax, title="", label="Monte Carlo")
-    ok = np.isfinite(lm)
-    ax.plot(T[ok], lm[ok], color="tab:red", lw=1.4, ls="--", label="Markov chain MFPT")
-    if "mfpt_rel_error" in d:
-        r = d["mfpt_rel_error"]
-        r = abs(r.isel({k: 0 for k in r.dims if k != "T"}).transpose("T").values.astype(float))
-        good = ok & np.isfinite(r) & (r < 1)
-        ax.fill_between(T[good], np.log10(mv[good] * (1 - r[good])), np.log10(mv[good] * (1 + r[good])),
-                        color="tab:red", alpha=0.2, lw=0)
-    ax.set_ylabel("log10 mean escape time [log10(steps)]")
-    ax.set_title("Monte Carlo (censored MLE, 95% bounds) and Markov-chain MFPT"
-                 + _cell_title(d, ("steps", "batch_size", "depth", "width")), fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
+    Bs = d["batch_size"].values
+    colors = [f"C{k % 10}" for k in range(len(Bs))]
+    budget = int(d["steps"].values[0])
+    ratios = []
+    for j, B in enumerate(Bs):
+        c = d.sel(batch_size=B).isel(depth=0, width=0, steps=0)
+        tau = c["mfpt"].values.astype(float)
+        rel = abs(c["mfpt_rel_error"].values.astype(float)) if "mfpt_rel_error" in c else np.zeros_like(tau)
+        ok = np.isfinite(tau) & (tau > 0)
+        blab = f", B = {int(B)}" if len(Bs) > 1 else ""
+        ax.plot(T[ok], np.log10(tau[ok]), color=colors[j], lw=1.8, zorder=4, label=SOLVER_LABEL + blab)
+        good = ok & np.isfinite(rel) & (rel < 1)
+        ax.fill_between(T[good], np.log10(tau[good] * (1 - rel[good])), np.log10(tau[good] * (1 + rel[good])),
+                        color=colors[j], alpha=0.25, lw=0)
+        if not mc:
+            continue
+        y, lo, hi = (c[k].values.astype(float) for k in ("log10_escape_time", "log10_escape_time_low",
+                                                           "log10_escape_time_high"))
+        has = np.isfinite(y)
+        ax.errorbar(T[has], y[has], yerr=[y[has] - lo[has], np.where(np.isfinite(hi[has]), hi[has] - y[has], 0)],
+                    fmt="o", ms=4, mfc="white", color=colors[j], capsize=2.5, lw=0, elinewidth=0.9, zorder=5,
+                    label=f"Monte Carlo{blab}: exposure / escapes, steps = {budget} (95%)")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lt = np.log10(tau)
+        r = has & ok
+        ratio, rlo, rhi = 10 ** (y - lt), 10 ** (lo - lt), 10 ** (hi - lt)
+        ratios.append(ratio[r])
+        axr.errorbar(T[r], ratio[r], yerr=[ratio[r] - rlo[r], np.where(np.isfinite(rhi[r]), rhi[r] - ratio[r], 0)],
+                     fmt="o", ms=4, mfc="white", color=colors[j], capsize=2.5, lw=0.8, elinewidth=0.9)
+    ax.set_ylabel("log10 tau [log10(steps)]" if mc else "log10 mean escape time [log10(steps)]")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, frameon=False)
+    cell = _cell_title(d, ("depth", "width")).replace("\n", "; ")
+    if mc:
+        ax.tick_params(labelbottom=False)
+        axr.axhline(1.0, color="k", lw=1.0)
+        axr.set_yscale("log")
+        pts = np.concatenate(ratios) if ratios else np.ones(1)
+        pts = pts[np.isfinite(pts) & (pts > 0)]
+        if pts.size:  # the points, not the widest interval, set the range
+            axr.set_ylim(min(0.8, pts.min() / 1.1), max(1.25, pts.max() * 1.1))
+        from matplotlib.ticker import FormatStrFormatter
+
+        axr.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        axr.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        axr.set_ylabel("tau_MC / tau_exact")
+        fig.align_ylabels([ax, axr])
+        axr.set_xlabel("learning rate T")
+        axr.grid(True, alpha=0.3, which="both")
+        axr.text(0.01, 0.04, f"MC reads high where the budget ({budget}) is short against tau (early deficit)",
+                 transform=axr.transAxes, fontsize=6.5, color="0.3")
+        ax.set_title(f"Exact solver against Monte Carlo (steps = {budget}){cell}", fontsize=10)
+    else:
+        ax.set_xlabel("learning rate T")
+        ax.set_title(f"Exact mean escape time (solver; band: discretisation error){cell}", fontsize=10)
     if out is not None:
         save(fig, out)
     return fig

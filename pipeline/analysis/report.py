@@ -87,6 +87,9 @@ def _figures(ds: xr.Dataset, budget) -> list[tuple[str, str, str | None]]:
     """(title, caption, base64 PNG or None with the reason in caption) for every figure."""
     out = []
 
+    def skipped(title, why):
+        out.append((title, f"not drawn: {why}", None))
+
     def add(title, caption, make):
         try:
             fig = make()
@@ -94,29 +97,56 @@ def _figures(ds: xr.Dataset, budget) -> list[tuple[str, str, str | None]]:
         except (SelectionError, ValueError, KeyError) as e:
             out.append((title, f"not drawn: {e}", None))
 
-    add("P(escape) against T", "Probability of escaping within 100 and within 1000 steps (the budgets nearest "
-        "to them), Wilson 95% intervals; B = 1 (smallest batch), depth 1, width 0.1 where present.",
-        lambda: presets.preset_p_escape(ds))
-    add("log10 escape time against T", "Censored exponential MLE of the mean escape time tau = exposure / n_escaped "
-        "with exact chi-square 95% bounds on 0.01 <= T <= 0.02 (all T if fewer than two lie there); dashed: "
-        "ln tau = a + b/T fitted to the plotted cells.", lambda: presets.preset_escape_time(ds))
-    add("log10 escape time, every T", "The whole T axis at the largest budget; triangles: cells where nothing "
-        "escaped (one-sided 95% lower bound).", lambda: plots.plot_cube(
-            ds, "T", "log10_escape_time", hue="batch_size" if ds.sizes["batch_size"] > 1 else None,
-            sel={"steps": int(budget or ds["steps"].max()), **_seed_sel(ds, keep_b=True)}))
-    add("median escape time against T", "Median escape step (NaN where fewer than half escaped): the number to quote "
-        "where the escape is not memoryless.", lambda: plots.plot_cube(
-            ds, "T", "median_escape_time", hue="steps" if ds.sizes["steps"] > 1 else None, sel=_seed_sel(ds)))
-    add("Survival curves", "S(n) from escape_hist for a few T, Kaplan-Meier with 95% Greenwood (log-log) bands; "
-        "a straight line on this semi-log plot is a memoryless (exponential) escape; dotted: the step budgets.",
-        lambda: presets.preset_survival(ds))
+    exact = presets.solver_only(ds)
+    if exact:
+        add("P(escape) against T", "Probability of escaping within 100 and within 1000 steps (the budgets nearest to "
+            "them) from the exact solver (no sampling, no intervals); B = 1, depth 1, width 0.1 where present.",
+            lambda: presets.preset_p_escape(ds))
+        add("log10 escape time against T", "log10 of the exact mean escape time (mfpt; band: its discretisation "
+            "error) on 0.01 <= T <= 0.02 (all T if fewer than two lie there); dashed: ln tau = a + b/T fitted to "
+            "these cells, drawn over the T range it used.", lambda: presets.preset_escape_time(ds))
+        add("log10 escape time, every T", "The exact mean escape time over the whole T axis, one line per batch size.",
+            lambda: plots.plot_cube(ds, "T", "log10_escape_time",
+                                    hue="batch_size" if ds.sizes["batch_size"] > 1 else None,
+                                    sel={"steps": int(budget or ds["steps"].max()), **_seed_sel(ds, keep_b=True)}))
+        skipped("median escape time against T", "the exact solver gives the mean escape time, not the median "
+                "(median_escape_time is NaN in a method = markov cube)")
+        skipped("Survival curves", "a method = markov cube samples no walkers, so it has no escape-step histogram; "
+                "the exact P(escape within each budget) is in the first figure")
+    else:
+        add("P(escape) against T", "Probability of escaping within 100 and within 1000 steps (the budgets nearest "
+            "to them), Wilson 95% intervals; B = 1 (smallest batch), depth 1, width 0.1 where present.",
+            lambda: presets.preset_p_escape(ds))
+        add("log10 escape time against T", "Censored exponential MLE of the mean escape time tau = exposure / "
+            "n_escaped with exact chi-square 95% bounds on 0.01 <= T <= 0.02 (all T if fewer than two lie there); "
+            "dashed: ln tau = a + b/T fitted to the cells the fits keep (the exact tau on a both-cube; early-deficit "
+            "cells left out), drawn over their T range.", lambda: presets.preset_escape_time(ds))
+        add("log10 escape time, every T", "The whole T axis at the largest budget; triangles: cells where nothing "
+            "escaped (one-sided 95% lower bound). exposure / escapes reads tau high where the budget is short "
+            "against tau (early deficit: see the fits).", lambda: plots.plot_cube(
+                ds, "T", "log10_escape_time", hue="batch_size" if ds.sizes["batch_size"] > 1 else None,
+                sel={"steps": int(budget or ds["steps"].max()), **_seed_sel(ds, keep_b=True)}))
+        if bool(np.isfinite(ds["median_escape_time"]).any()):
+            add("median escape time against T", "Median escape step (NaN where fewer than half escaped): the number "
+                "to quote where the escape is not memoryless.", lambda: plots.plot_cube(
+                    ds, "T", "median_escape_time", hue="steps" if ds.sizes["steps"] > 1 else None, sel=_seed_sel(ds)))
+        else:
+            skipped("median escape time against T", "no cell had half of its walkers escape within its budget")
+        add("Survival curves", "S(n) from escape_hist for a few T, Kaplan-Meier with 95% Greenwood (log-log) bands, "
+            "log steps; a memoryless (exponential) escape is exp(-n/tau); dotted: the step budgets.",
+            lambda: presets.preset_survival(ds))
     if ds.sizes["batch_size"] > 1:
-        add("ln tau against batch size", "ln tau against B at a few T (largest budget) with ln tau = a + b B fits.",
+        add("ln tau against batch size", "ln tau against B at a few T (largest budget) with ln tau = a + b B fits, "
+            "each drawn over the batch sizes it used" + (" (exact solver)." if exact else "."),
             lambda: presets.preset_batch(ds))
-    if "mfpt" in ds:
-        add("Markov chain against Monte Carlo", "log10 of the Markov chain's mean first-passage time (band: its "
-            "discretisation error estimate) next to the Monte Carlo censored-MLE escape time at the largest budget.",
-            lambda: presets.preset_markov(ds))
+    if "mfpt" in ds and exact:
+        add("Exact mean escape time", "log10 of the exact solver's mean escape time (band: its discretisation error "
+            "estimate), one line per batch size.", lambda: presets.preset_markov(ds))
+    elif "mfpt" in ds:
+        add("Markov chain against Monte Carlo", "log10 of the exact solver's mean escape time (line; band: its "
+            "discretisation error) and the Monte Carlo exposure / escapes (points, 95% bounds) at the largest "
+            "budget; below, their ratio tau_MC / tau_exact with its interval (1: agreement; above 1 where the "
+            "budget is short against tau: the early deficit).", lambda: presets.preset_markov(ds))
     return out
 
 
@@ -171,11 +201,26 @@ def _t_tables(f: xr.Dataset, suffix: str = "") -> list[str]:
             for prefix, title in (("arrhenius", "ln tau = a + b / T"), ("linear", "ln tau = a + b T"))]
 
 
+def _fit_intro(ds: xr.Dataset) -> str:
+    """What the fits were made of: the exact tau, or the Monte Carlo estimate (and which cells)."""
+    tail = ("95% intervals from Student's t with n &minus; 2 dof. Stored by <code>escape-sweep fit</code> in the "
+            "cube's <code>fits/</code> group.</p>")
+    if presets.solver_only(ds):
+        return ("<p>Weighted least squares of the exact ln tau (the solver's mfpt) of every cell, weights "
+                "1/sigma<sup>2</sup> with sigma = max(mfpt_rel_error, 1e-6): a line rarely describes exact values "
+                "within their tiny errors, so most fits read 'rejected' (a summary, not a law); " + tail)
+    exact = ("the exact tau (mfpt) where the cube has it, else " if "mfpt" in ds else "")
+    return ("<p>Weighted least squares of ln tau: " + exact + "the Monte Carlo exposure / n_escaped over cells whose "
+            "tau is bounded on both sides (n_escaped &gt; 0), leaving out cells with an early deficit (a budget too "
+            "short for exposure / escapes to be tau); weights 1/sigma<sup>2</sup> with sigma = (ln tau<sub>high</sub> "
+            "&minus; ln tau<sub>low</sub>)/(2&middot;1.96) from the exact chi-square bounds; " + tail)
+
+
 def _window_section(ds: xr.Dataset, budget) -> str:
     """Fits on the post's window 0.01 <= T <= 0.02 over memoryless cells only."""
     T = ds["T"].values
     n_in = int(((T >= 0.01 - 1e-12) & (T <= 0.02 + 1e-12)).sum())
-    if "escape_hist" not in ds or n_in < 3:
+    if "escape_hist" not in ds or n_in < 3 or presets.solver_only(ds):  # the exact tau needs no memorylessness
         return ""
     f = _fits.fit_cube(ds, budget=budget, t_range=(0.01, 0.02), exponential_only=True)
     return ("<h3>The post's window: 0.01 &le; T &le; 0.02, memoryless cells only</h3>"
@@ -209,6 +254,9 @@ def _fit_section(f: xr.Dataset) -> str:
 
 def _memoryless_section(f: xr.Dataset, ds: xr.Dataset) -> str:
     ms = tables.memoryless_summary(f)
+    if not ms and presets.solver_only(ds):
+        return ("<p>Not checked: the exact solver sampled no walkers, and its tau is the mean escape time "
+                "whatever the shape of the escape-time distribution.</p>")
     if not ms:
         return "<p>The cube has no escape_hist: memorylessness not checked.</p>"
     parts = ["<p>Per cell and budget: log S(n) tested for linearity (one constant per-step hazard) after a transient. "
@@ -273,8 +321,8 @@ def _theory_section(ds: xr.Dataset, budget) -> tuple[str, str | None]:
         fig = presets.preset_theory(ds, th=th, sel={"steps": int(th.attrs["mc_budget"])})
         title = "Theory against the exact escape time"
         fig_html = (f'<figure><img alt="{_e(title)}" src="data:image/png;base64,{_png(fig)}"><figcaption><b>{_e(title)}.'
-                    "</b> ln tau against 1/T per batch size (seed pit): exact chain (black), Monte Carlo (red, 95% "
-                    "bounds), each law as a line over the cube's T values; below, ln tau_law &minus; ln tau_exact "
+                    "</b> ln tau against 1/T per batch size (seed pit): exact chain (black), "
+                    + ("" if presets.solver_only(ds) else "Monte Carlo (red, 95% bounds), ") + "each law as a line over the cube's T values; below, ln tau_law &minus; ln tau_exact "
                     "(grey: within a factor 2; laws off the panel are clipped and named).</figcaption></figure>")
     except (SelectionError, ValueError, KeyError) as e:
         fig_html = f"<p class=warn>Figure not drawn: {_e(e)}</p>"
@@ -312,10 +360,7 @@ def render_report(ds: xr.Dataset, source=None, budget=None) -> tuple[str, list[s
 <h2 id=figures>Figures</h2>
 {''.join(fig_html)}
 <h2 id=fits>Fits</h2>
-<p>Weighted least squares of ln tau over cells whose tau is bounded on both sides (n_escaped &gt; 0), weights
-1/sigma<sup>2</sup> with sigma = (ln tau<sub>high</sub> &minus; ln tau<sub>low</sub>)/(2&middot;1.96) from the exact
-chi-square bounds; 95% intervals from Student's t with n &minus; 2 dof. Stored by <code>escape-sweep fit</code> in the
-cube's <code>fits/</code> group.</p>
+{_fit_intro(ds)}
 {_fit_section(f)}
 {_window_section(ds, budget)}
 <h2 id=theory>{_e(THEORY_TITLE)}</h2>

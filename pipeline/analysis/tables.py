@@ -9,7 +9,7 @@ import numpy as np
 import xarray as xr
 
 from .. import stats
-from .fits import BOUNDED, DIMS5, NOT_RUN, REJECT_P, STATUS, _FIT_KEYS
+from .fits import BOUNDED, DIMS5, EARLY, NOT_RUN, REJECT_P, STATUS, _FIT_KEYS
 
 
 
@@ -167,8 +167,32 @@ def fit_table(fits: xr.Dataset, prefix: str) -> tuple[list[str], list[list[str]]
     return header, body
 
 
-def format_table(fits: xr.Dataset) -> str:
-    """The fits as plain-text tables (what `escape-sweep fit` prints)."""
+def _batch_summary(fits: xr.Dataset) -> list[str]:
+    """One line per (steps, depth, width) of the ln tau = a + b B fits: how many, over which T, slope range."""
+    rows = [r for r in fit_records(fits, "batch") if (r["n_cells"] or 0) >= 2]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["steps"], r["depth"], r["width"]), []).append(r)
+    out = []
+    for (st, d, w), rs in groups.items():
+        rs.sort(key=lambda r: r["T"])
+        rej = sum(1 for r in rs if r.get("gof_p") is not None and r["gof_p"] < REJECT_P)
+        out.append(f"  steps={st} depth={_num(d)} width={_num(w)}: {len(rs)} fits, T = {_num(rs[0]['T'])}..{_num(rs[-1]['T'])}; "
+                   f"slope b {_num(rs[0]['slope'])} (T = {_num(rs[0]['T'])}) .. {_num(rs[-1]['slope'])} "
+                   f"(T = {_num(rs[-1]['T'])}); {rej} rejected (p < {REJECT_P})")
+    return out
+
+
+def left_out_counts(fits: xr.Dataset) -> dict:
+    """Cells left out of every fit, counted by reason (STATUS text -> count), biggest first."""
+    st = fits["cell_status"].values
+    counts = {STATUS[int(k)]: int(np.sum(st == k)) for k in np.unique(st) if int(k) != BOUNDED}
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def format_table(fits: xr.Dataset, full: bool = False) -> str:
+    """The fits as plain text (what `escape-sweep fit` prints): a summary, with every fit that has
+    data (>= 2 cells) and counts of the rest; `full` (`fit --all`) prints every row of every table."""
     conf = float(fits.attrs.get("conf", 0.95))
     sel = str(fits.attrs.get("cell_selection", "cells with a two-sided tau"))
     tr = fits.attrs.get("t_range", "all")
@@ -177,24 +201,44 @@ def format_table(fits: xr.Dataset) -> str:
     parts = [f"escape-sweep fits of {fits.attrs.get('cube_name', '') or 'cube'}  "
              f"({conf:.0%} intervals; {sel} only, weighted 1/sigma^2 in ln tau)",
              f"tau from: {fits.attrs.get('tau_source', 'Monte Carlo: exposure / n_escaped')}"]
+    exact = "tau_source" in fits and bool((fits["tau_source"] == 1).all())
+    top = str(int(fits["steps"].max()))
+    if exact and fits.sizes["steps"] > 1 and not full:
+        parts.append(f"(the exact tau is the same at every step budget: rows for steps = {top} only; --all shows each)")
     for prefix, title in (("arrhenius", "ln tau = a + b / T"), ("linear", "ln tau = a + b T")):
+        header, body = fit_table(fits, prefix)
+        if exact and not full:
+            body = [r for r in body if r[0] == top]
+        ncol = header.index("cells")
+        empty = [r for r in body if int(r[ncol]) < 2]
+        shown = body if full else [r for r in body if int(r[ncol]) >= 2]
         parts += ["", f"{title}  (per step budget, batch size, depth, width; p: goodness of fit, "
-                      f"'rejected' below {REJECT_P})", _table(*fit_table(fits, prefix))]
+                      f"'rejected' below {REJECT_P})", _table(header, shown) if shown else "  no slice has 2 cells to fit"]
+        if empty and not full:
+            parts.append(f"  {len(empty)} slices without a fit (fewer than 2 cells; --all lists them)")
     header, body = fit_table(fits, "batch")
-    if body:
+    if body and full:
         parts += ["", "ln tau = a + b B  at fixed T", _table(header, body)]
+    elif body:
+        summ_lines = _batch_summary(fits)
+        if exact:
+            summ_lines = [ln for ln in summ_lines if ln.startswith(f"  steps={top} ")]
+        parts += ["", f"ln tau = a + b B  at fixed T: {len(body)} fits with >= 2 cells (table: --all)"] + summ_lines
     else:
-        parts += ["", "ln tau against B: the cube has one batch size"]
+        parts += ["", "ln tau against B: the cube has one batch size" if fits.sizes.get("batch_size", 1) < 2
+                  else "ln tau against B: no T has 2 batch sizes with a bounded tau"]
     summ = ratio_summary(fits)
     if summ:
         rows = [r for r in ratio_records(fits) if (r["n_cells"] or 0) >= 2]
         body = [[r["steps"], _num(r["depth"]), _num(r["width"]), _num(r["T_over_B"]), r["n_cells"], _num(r["ln_tau_mean"]),
                  _num(r["spread"], 3), _num(r["chi2"] / max(r["n_cells"] - 1, 1), 3), _num(r["p"], 2)] for r in rows]
-        parts += ["", "Does T/B alone set tau?  (cells sharing T/B; spread = max - min ln tau)",
-                  _table(["steps", "depth", "width", "T/B", "cells", "mean ln tau", "spread", "chi2/dof", "p"], body),
-                  f"  {summ['groups']} groups: median spread {summ['median_spread']:.3g} e-folds (tau differs by a factor "
+        parts += ["", "Does T/B alone set tau?  (cells sharing T/B; spread = max - min ln tau"
+                  + ("" if full else "; table: --all") + ")"]
+        if full:
+            parts.append(_table(["steps", "depth", "width", "T/B", "cells", "mean ln tau", "spread", "chi2/dof", "p"], body))
+        parts.append(f"  {summ['groups']} groups: median spread {summ['median_spread']:.3g} e-folds (tau differs by a factor "
                   f"{summ['tau_factor_median']:.3g}), max {summ['max_spread']:.3g}; median chi2/dof "
-                  f"{summ['median_chi2_per_dof']:.3g}; {summ['rejected_at_1pct']} of {summ['groups']} reject one common tau at 1%"]
+                  f"{summ['median_chi2_per_dof']:.3g}; {summ['rejected_at_1pct']} of {summ['groups']} reject one common tau at 1%")
     elif fits.sizes.get("batch_size", 1) > 1:
         parts += ["", "T/B check: no two (T, B) cells with bounded tau share a T/B value"]
     ms = memoryless_summary(fits)
@@ -204,6 +248,15 @@ def format_table(fits: xr.Dataset) -> str:
         if ms.get("non-exponential"):
             parts.append("  non-exponential cells: quote median_escape_time there, not the rate (list: --format json)")
     unb = unbounded_cells(fits)
-    parts += ["", f"Cells left out of every fit: {len(unb)}"]
-    parts += ["  " + s for s in compact_unbounded(unb)]
+    counts = left_out_counts(fits)
+    parts += ["", f"Cells left out of every fit: {len(unb)}"
+              + (" (" + "; ".join(f"{v} {k}" for k, v in counts.items()) + ")" if counts else "")]
+    lines = compact_unbounded(unb)
+    if full or len(lines) <= 8:
+        parts += ["  " + s for s in lines]
+    else:
+        parts.append(f"  in {len(lines)} groups of (steps, B, depth, width); --all lists them")
+    if any(STATUS[EARLY] == k for k in counts):
+        parts.append("  early deficit: escapes in the first steps are rarer than later, so at a budget of about tau "
+                     "or less exposure / escapes reads tau high (stats.early_deficit; fits.early_bias has the estimate)")
     return "\n".join(parts)

@@ -1,5 +1,7 @@
 """Is a cell's escape-step distribution exponential (memoryless)? A likelihood-ratio test of a
-constant hazard per histogram bin against a free one."""
+constant hazard per histogram bin against a free one, and a test of the early deficit: escapes in
+the first steps are rarer than later (walkers start at the pit's bottom and need ~10-20 steps to
+climb), so at a budget of about tau or less exposure / escapes reads tau high by roughly lag / budget."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ import numpy as np
 from scipy import stats as _st
 
 
-VERDICTS = {0: "exponential", 1: "non-exponential", 2: "too few escapes"}
+VERDICTS = {0: "exponential", 1: "non-exponential", 2: "too few escapes", 3: "early deficit"}
+EARLY_DEFICIT = 3
+MIN_BIAS = 0.02  # early_deficit flags a cell whose tau = exposure / escapes reads high by more than this
 
 
 def _bin_exposure(d, r, w):
@@ -58,8 +62,11 @@ def memorylessness(hist, edges, n_walkers, n_diverged=0, budget=None, *, alpha: 
       rate_ratio          rate / tail_rate (1 for a memoryless process)
       p_value             test of the chosen tail (or of the whole range where none passed)
       n_events            escapes within the budget
+      early_bias          `early_deficit`'s estimate of how high exposure / escapes reads tau
       verdict             0 exponential (the rate summarises the cell), 1 non-exponential
-                          (quote the median escape time), 2 too few escapes to tell
+                          (quote the median escape time), 2 too few escapes to tell,
+                          3 early deficit (`early_deficit` flags it: escapes start late and the
+                          budget is too short for exposure / escapes to be tau)
                           (`VERDICTS` maps codes to words)
     A cell is "exponential" when a constant-hazard tail exists, the transient holds at most
     `max_transient_fraction` of the walkers, and rate and tail rate agree within `max_rate_ratio`.
@@ -80,6 +87,8 @@ def memorylessness(hist, edges, n_walkers, n_diverged=0, budget=None, *, alpha: 
     out = {k: np.full(lead, np.nan) for k in names}
     out["n_events"] = np.zeros(lead, np.int64)
     out["verdict"] = np.full(lead, 2, np.int8)
+    early = early_deficit(hist, edges, n_walkers, n_diverged, budget, alpha=alpha, min_events=min_events)
+    out["early_bias"] = early["bias"]
     for idx in np.ndindex(*lead):
         d = hb[idx]
         n = nw[idx] - nd[idx]
@@ -131,4 +140,73 @@ def memorylessness(hist, edges, n_walkers, n_diverged=0, budget=None, *, alpha: 
         out["p_value"][idx] = p
         ok = (cum_before[k] / n <= max_transient_fraction) and (1 / max_rate_ratio <= out["rate_ratio"][idx] <= max_rate_ratio)
         out["verdict"][idx] = 0 if ok else 1
+    out["verdict"][early["flag"] & (out["verdict"] != 2)] = EARLY_DEFICIT
+    return out
+
+
+def early_deficit(hist, edges, n_walkers, n_diverged=0, budget=None, *, alpha: float = 0.01,
+                  min_bias: float = MIN_BIAS, min_events: int = 20) -> dict:
+    """Does exposure / escapes over-state tau because escapes start late (an early deficit)?
+
+    The budget is split at s = the first bin edge >= max(17, budget / 4): the late hazard
+    q_late = D_late / X_late (escapes and walker-steps at steps >= s) is the constant-hazard
+    regime; the estimate over the whole budget is q_all = D / X. With a late start the whole-budget
+    rate is too low, and tau_hat = 1 / q_all too high. The honest reference is the restricted mean
+    plus a geometric tail: tau_ref = X / n + S(budget) / q_late (exact for any hazard that is
+    constant from s on), and
+
+        bias = tau_hat / tau_ref - 1,   se(bias) ~ (1 + bias) sqrt(1/D_late - 1/D)
+
+    (ln q_late and ln q_all share the late escapes). A cell is flagged when bias exceeds both
+    `min_bias` and z_(1-alpha) se (one-sided, so a flag is not noise at level alpha).
+    p_value: one-sided binomial test of D_early given D with probability X_early / X (the share
+    of escapes before s under one constant hazard): small when escapes before s are too rare.
+
+    Returns arrays over the leading axes of `hist`: bias, bias_se, lag (steps: s (1 - q_early /
+    q_late), the delay a late start adds), p_value, split (s), flag (bool); NaN / False where the
+    cell has fewer than `min_events` escapes, or fewer than 10 after s, or the budget is under 4 steps."""
+    hist = np.asarray(hist, dtype=float)
+    edges = np.asarray(edges, dtype=np.int64)
+    lead = hist.shape[:-1]
+    nw = np.broadcast_to(np.asarray(n_walkers, dtype=float), lead)
+    nd = np.broadcast_to(np.asarray(n_diverged, dtype=float), lead)
+    last = edges[1:] - 1
+    if budget is None:
+        budget = int(last[-1])
+    keep = last <= budget
+    hb = hist[..., keep]
+    lo = edges[:-1][keep]
+    width = (edges[1:] - edges[:-1])[keep].astype(float)
+    names = ("bias", "bias_se", "lag", "p_value", "split")
+    out = {k: np.full(lead, np.nan) for k in names}
+    out["flag"] = np.zeros(lead, bool)
+    if budget < 4 or lo.size < 2:
+        return out
+    split_at = int(lo[np.searchsorted(lo, max(17, budget / 4.0))]) if (lo >= max(17, budget / 4.0)).any() else None
+    if split_at is None:
+        return out
+    late = lo >= split_at
+    z = float(_st.norm.ppf(1 - alpha))
+    for idx in np.ndindex(*lead):
+        d = hb[idx]
+        n = nw[idx] - nd[idx]
+        D = d.sum()
+        if n <= 0 or D < min_events:
+            continue
+        r = n - (np.cumsum(d) - d)
+        x = _bin_exposure(d, r, width)
+        X, Dl, Xl = x.sum(), d[late].sum(), x[late].sum()
+        if Dl < 10 or Xl <= 0 or X <= 0:
+            continue
+        q_late, q_all = Dl / Xl, D / X
+        De, Xe = D - Dl, X - Xl
+        S_b = (n - D) / n
+        tau_ref = X / n + S_b / q_late
+        bias = (1.0 / q_all) / tau_ref - 1.0
+        se = (1.0 + bias) * np.sqrt(max(1.0 / Dl - 1.0 / D, 0.0))
+        out["bias"][idx], out["bias_se"][idx] = bias, se
+        out["lag"][idx] = split_at * (1.0 - (De / Xe) / q_late) if Xe > 0 else np.nan
+        out["p_value"][idx] = float(_st.binom.cdf(De, D, Xe / X))
+        out["split"][idx] = split_at
+        out["flag"][idx] = bool(bias > min_bias and bias > z * se)
     return out
