@@ -40,10 +40,12 @@ class MarkovResult:
 
     mfpt: mean escape time tau from the start (steps); inf where it exceeds float range or
     escape is impossible. mfpt_rel_error: Richardson estimate of the relative discretisation
-    error of mfpt (nan where mfpt is inf). p_escape[i]: P(escape within budgets[i] steps).
+    error of mfpt (computed in log space, so finite also where mfpt overflows; nan only where
+    escape is impossible). p_escape[i]: P(escape within budgets[i] steps).
     n_nodes: nodes of the finest grid used. dropped_mass: total binomial weight dropped
     (each dropped weight < 1e-16; the kept weights are renormalised). w_lo, w_barrier: the
-    grid's ends; w_start: the start W_0.
+    grid's ends; w_start: the start W_0. ln_mfpt: natural log of tau, finite wherever escape is
+    possible (tau beyond 1e308 included); exp(ln_mfpt) == mfpt to rounding where mfpt is finite.
     """
 
     mfpt: float
@@ -55,6 +57,7 @@ class MarkovResult:
     w_lo: float
     w_barrier: float
     w_start: float
+    ln_mfpt: float
 
 
 class GridError(ValueError):
@@ -194,8 +197,8 @@ def _anchor(P, e, steps=_ANCHOR_STEPS) -> int:
     return int(np.argmax(occ))
 
 
-def _solve_mmatrix(P, a, s):
-    """Renewal at node s: returns l, h * _H_SCALE, g (see the module docstring) from one LU of
+def _solve_mmatrix(P, a, s, h_scale=_H_SCALE):
+    """Renewal at node s: returns l, h * h_scale, g (see the module docstring) from one LU of
     the killed M-matrix I - P0 (P with column s removed), diagonal pivots, additions only."""
     N = P.shape[0]
     P = P.tocsr()
@@ -207,7 +210,7 @@ def _solve_mmatrix(P, a, s):
     A = (sp.identity(N, format="csr") - P0)
     lu = spla.splu(A.T.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
                    options=dict(SymmetricMode=True))
-    rhs = np.column_stack([np.ones(N), a * _H_SCALE, col_s])
+    rhs = np.column_stack([np.ones(N), a * h_scale, col_s])
     sol = lu.solve(rhs, trans="T")
     # componentwise residual r = (rhs + P0 sol) - sol, relative to the local size; refine if needed
     for _ in range(3):
@@ -222,18 +225,32 @@ def _solve_mmatrix(P, a, s):
     return l, h, g, float(rel)
 
 
-def _mfpt(P, a, st: _Start, e, s) -> float:
-    """tau = sum_{j<n0} P(alive after j) + sum_i e_i (l_i + g_i l_s / h_s)."""
+def _mfpt(P, a, st: _Start, e, s) -> tuple[float, float]:
+    """(tau, ln tau) with tau = sum_{j<n0} P(alive after j) + sum_i e_i (l_i + g_i l_s / h_s).
+
+    h is solved scaled by 2^500 (2^1000 where h_s < 2^-1000), and ln tau is summed in log space,
+    so ln tau stays finite (and accurate) where tau itself overflows float64 (tau up to ~1e600)."""
     l, h, g, rel = _solve_mmatrix(P, a, s)
+    log_scale = 500
+    if 0.0 < h[s] < 2.0**-500:  # h_s below 2^-1000: rescale so it keeps full precision
+        l, h, g, rel = _solve_mmatrix(P, a, s, _H_SCALE * _H_SCALE)
+        log_scale = 1000
     if not (np.all(l >= 0) and np.all(h >= 0) and np.all(g >= -1e-12)) or rel > 1e-8:
         raise RuntimeError(
             f"markov: the renewal solve lost accuracy (componentwise residual {rel:.2g}); "
             "the chain is too close to trapping at this T")
     if h[s] <= 0.0:
-        return math.inf
+        return math.inf, math.inf
     ratio = l[s] / h[s]
-    m_s = math.ldexp(ratio, 500) if ratio < math.ldexp(1.0, 523) else math.inf
-    return float(st.pre_time + np.dot(e, l) + np.dot(e, g) * m_s)
+    first = st.pre_time + np.dot(e, l)
+    eg = float(np.dot(e, g))
+    if log_scale == 500 and ratio < math.ldexp(1.0, 523):  # tau in float range: summed directly
+        tau = float(first + eg * math.ldexp(ratio, 500))
+        if math.isfinite(tau):
+            return tau, math.log(tau)
+    ln_ms = math.log(l[s]) - math.log(h[s]) + log_scale * math.log(2.0)
+    ln_tau = float(np.logaddexp(math.log(first), math.log(eg) + ln_ms if eg > 0.0 else -math.inf))
+    return (math.exp(ln_tau) if ln_tau < 709.78 else math.inf), ln_tau
 
 
 def _escape_within(P, a, e, budgets, st: _Start) -> np.ndarray:
@@ -408,6 +425,20 @@ def richardson(taus):
     return float(t[-1]), float(err / abs(t[-1])), False
 
 
+def _richardson_ln(ln_taus) -> tuple[float, float, float, bool]:
+    """(tau, ln tau, relative error, extrapolated?) from `richardson` applied to taus, or where any
+    tau overflows, to the taus scaled by 1/tau_last (richardson is scale-free), then shifted back."""
+    lt = np.asarray(ln_taus, dtype=float)
+    if np.all(lt < 709.0):
+        value, err, extrapolated = richardson(np.exp(lt) if len(lt) else lt)
+        return value, (math.log(value) if value > 0.0 else -math.inf), err, extrapolated
+    if not np.all(np.isfinite(lt)):
+        return math.inf, float(lt[-1]), math.nan, False
+    v, err, extrapolated = richardson(np.exp(lt - lt[-1]))
+    ln_value = float(lt[-1] + math.log(v))
+    return (math.exp(ln_value) if ln_value < 709.78 else math.inf), ln_value, err, extrapolated
+
+
 def solve_grid(T, batch_size, depth, width, n_intervals, *, start=None, w_lo=None) -> tuple[float, int]:
     """tau (steps) on one fixed grid of n_intervals intervals (widened as needed), and its node
     count: the building block of markov_cell, for convergence studies."""
@@ -415,7 +446,8 @@ def solve_grid(T, batch_size, depth, width, n_intervals, *, start=None, w_lo=Non
     n = check_int("n_intervals", n_intervals, 16)
     for _ in range(8):
         try:
-            return cell.tau(n)
+            (tau, _ln), nodes = cell.tau(n)
+            return tau, nodes
         except GridError as exc:
             cell.widen(exc.w_min)
     raise ValueError(f"T={T!r}: widening the grid did not hold the chain")
@@ -455,16 +487,16 @@ def markov_cell(T, batch_size, depth, width, budgets=(), *, rel_tol=1e-3, start=
     cell = _make_cell(T, batch_size, depth, width, start, w_lo)
     for _ in range(8):
         try:
-            taus, n = [], _FIRST_INTERVALS
+            ln_taus, n = [], _FIRST_INTERVALS
             while True:
-                tau, nodes = cell.tau(n)
-                taus.append(tau)
-                value, err, extrapolated = richardson(taus)
-                enough = len(taus) >= _MIN_LEVELS
+                (_tau, ln_tau), nodes = cell.tau(n)
+                ln_taus.append(ln_tau)
+                value, ln_value, err, extrapolated = _richardson_ln(ln_taus)
+                enough = len(ln_taus) >= _MIN_LEVELS
                 if enough and (err <= rel_tol or math.isnan(err)):
                     break
                 if 2 * n + 1 > max_nodes:
-                    if len(taus) >= 2:
+                    if len(ln_taus) >= 2:
                         warnings.warn(
                             f"markov_cell(T={cell.T}, batch_size={cell.B}): node cap {max_nodes} "
                             f"reached with estimated relative error {err:.2g} > rel_tol={rel_tol}",
@@ -481,7 +513,7 @@ def markov_cell(T, batch_size, depth, width, budgets=(), *, rel_tol=1e-3, start=
             cell.anchor_w = None
     else:
         raise ValueError(f"T={T!r}: widening the grid did not hold the chain")
-    if math.isinf(value):
+    if math.isinf(ln_value):
         err = math.nan
     if cell.expansion > _ERRATIC_EXPANSION:
         warnings.warn(
@@ -489,10 +521,10 @@ def markov_cell(T, batch_size, depth, width, budgets=(), *, rel_tol=1e-3, start=
             f"the maps stretch W by up to {cell.expansion:.0f}x per step; the grid converges "
             f"erratically there and the error estimate ({err:.2g}) is a heuristic: check against "
             "Monte Carlo, which is cheap in this regime", RuntimeWarning, stacklevel=2)
-    if cell.dropped > 0.0 and math.isfinite(value) and value * cell.dropped > rel_tol:
+    if cell.dropped > 0.0 and ln_value + math.log(cell.dropped) > math.log(rel_tol):
         warnings.warn(
             f"markov_cell(T={cell.T}, batch_size={cell.B}): dropped binomial mass {cell.dropped:.2g} "
-            f"times tau {value:.3g} exceeds rel_tol: batches too rare to keep could matter",
+            f"times tau (ln tau = {ln_value:.4g}) exceeds rel_tol: batches too rare to keep could matter",
             RuntimeWarning, stacklevel=2)
     p_esc = np.asarray(p_esc, dtype=np.float64)
     p_esc.setflags(write=False)
@@ -500,4 +532,4 @@ def markov_cell(T, batch_size, depth, width, budgets=(), *, rel_tol=1e-3, start=
         mfpt=float(value), mfpt_rel_error=float(err), budgets=budgets,
         p_escape=p_esc, n_nodes=int(nodes),
         dropped_mass=float(cell.dropped), w_lo=float(cell.w_lo), w_barrier=float(cell.barrier),
-        w_start=float(cell.start))
+        w_start=float(cell.start), ln_mfpt=float(ln_value))
