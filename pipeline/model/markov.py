@@ -6,6 +6,12 @@ It is discretised on a grid (linear interpolation makes the grid itself a chain)
 renewal at an anchor node with a sparse M-matrix LU (accurate however large tau is), the first
 steps enumerated exactly, P(escape within n) summed subtraction-free, and the grid refined until a
 Richardson error estimate meets rel_tol. DESIGN.md section 7 is the full design. No Dask, no I/O.
+
+From batch size 16 on the split between nodes is exponentially fitted to the escape probability
+(exact for exp(lam W) on each interval): ln tau grows ~B, the linear split's error ~B^2 h^2, and the
+fitted chain reaches 1e-3 on ~8x fewer nodes. tau is carried as ln tau (ln_mfpt), so it stays
+finite past float64's 1e308 (up to ~1e600, where the escape probability h_s underflows even
+scaled by 2^1000). `solve_seconds` is the calibrated cost model of one markov_cell call.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ _H_SCALE = 2.0**500  # right-hand side scale for the escape probability h (avoid
 _ANCHOR_STEPS = 300
 _ERRATIC_EXPANSION = 20.0  # max |f_k'| above which grid convergence is erratic: warn
 _FIT_FROM_BATCH = 16  # from this batch size on, the exponentially fitted split (see _Cell.tau)
-_FIT_PASSES = 1
-_FIT_FIRST_INTERVALS = 250  # the fitted chain is ~100x more accurate per node: coarser first grid
+_FIT_PASSES = 2  # fitted solves on the first grid after its linear one: they give lam(W)
+_FIT_FIRST_INTERVALS = 250  # first grid at B = 16, doubling with B up to 1000 (lam(W) must resolve h)
 _MAX_FIT = 50.0  # |lam h| cap of the fitted split
 _MIN_LEVELS = 3  # grids solved at least: with two, one difference is the whole error estimate, and
 # convergence is not monotone at T >~ 0.02 (T = 0.025, B = 3: 1.45e-5 reported, 5.8e-5 true)
@@ -375,6 +381,7 @@ class _Cell:
         self.anchor_w = None
         self.fit = B >= _FIT_FROM_BATCH
         self.lam = {}  # n_intervals -> fitted split rates of the chain solved there
+        self.lam_w = None
         w = np.linspace(self.w_lo, self.barrier, 20001)
         ext = np.array([self.kfrac.min(), self.kfrac.max()])
         slopes = np.diff(step_images(w, T, ext, depth, width), axis=0) / np.diff(w)[:, None]
@@ -393,7 +400,11 @@ class _Cell:
         if not (math.isfinite(new) and new >= W_FLOOR):
             raise ValueError(self._floor_message(new))
         self.w_lo = min(self.w_lo, new)
-        self.lam = {}
+        self.lam, self.lam_w = {}, None
+
+    def first_intervals(self) -> int:
+        """First grid of the fitted chain: 250 intervals at B = 16, doubling with B, at most 1000."""
+        return min(_FIRST_INTERVALS, _FIT_FIRST_INTERVALS << max(0, math.ceil(math.log2(self.B / 16))))
 
     def chain(self, n_intervals, lam=None):
         x = make_grid(self.w_lo, self.barrier, n_intervals, self.pit_min, self.width)
@@ -404,15 +415,20 @@ class _Cell:
 
     def tau(self, n_intervals):
         """((tau, ln tau), nodes) on a grid of n_intervals. From batch _FIT_FROM_BATCH on, the
-        chain's split is exponentially fitted to the escape probability h of the solve before it
-        (linear split, then _FIT_PASSES fitted ones): h varies like exp(-B x const) across the
-        pit, which the linear split resolves only with ~B times more nodes."""
+        chain's split is exponentially fitted: lam(W) = d ln h / dW, h the escape probability
+        before return to the anchor, from the first grid solved (one linear, then _FIT_PASSES
+        fitted solves), then held fixed (interpolated) on every finer grid, so the grids form one
+        family whose error shrinks as h^2 and Richardson applies. h varies like exp(B x const)
+        across the pit, which the linear split resolves only with ~B times more nodes."""
         if self.anchor_w is None:  # from the first linear grid, whatever grid is solved first
             x, P, a, e = self.chain(_FIRST_INTERVALS, lam=False)
             self.anchor_w = x[_anchor(P, e)]
-        x, P, a, e = self.chain(n_intervals, lam=None if not self.fit else False)
+        if self.fit and self.lam_w is not None:
+            x = make_grid(self.w_lo, self.barrier, n_intervals, self.pit_min, self.width)
+            self.lam[n_intervals] = np.interp(0.5 * (x[1:] + x[:-1]), *self.lam_w)
+        x, P, a, e = self.chain(n_intervals, lam=None if not self.fit or self.lam_w is not None else False)
         s = int(np.argmin(np.abs(x - self.anchor_w)))
-        if not self.fit:
+        if not self.fit or self.lam_w is not None:
             return _mfpt(P, a, self.st, e, s), len(x)
         for _ in range(_FIT_PASSES):
             hs = []
@@ -423,6 +439,7 @@ class _Cell:
             lam = np.where(np.isfinite(lam), lam, 0.0)
             x, P, a, e = self.chain(n_intervals, lam=lam)
         self.lam[n_intervals] = lam
+        self.lam_w = (0.5 * (x[1:] + x[:-1]), lam)
         return _mfpt(P, a, self.st, e, s), len(x)
 
 
@@ -459,12 +476,14 @@ def richardson(taus):
     return float(t[-1]), float(err / abs(t[-1])), False
 
 
-def _richardson_ln(ln_taus) -> tuple[float, float, float, bool]:
-    """(tau, ln tau, relative error, extrapolated?) from `richardson` applied to taus, or where any
-    tau overflows, to the taus scaled by 1/tau_last (richardson is scale-free), then shifted back."""
+def _richardson_ln(ln_taus, taus=None) -> tuple[float, float, float, bool]:
+    """(tau, ln tau, relative error, extrapolated?): `richardson` of the taus where all are finite
+    (taus as solved, else exp(ln_taus)), or else of the taus scaled by 1/tau_last (richardson is
+    scale-free), shifted back in log space."""
     lt = np.asarray(ln_taus, dtype=float)
-    if np.all(lt < 709.0):
-        value, err, extrapolated = richardson(np.exp(lt) if len(lt) else lt)
+    t = np.exp(lt) if taus is None else np.asarray(taus, dtype=float)
+    if np.all(np.isfinite(t)) and np.all(lt < 709.0):
+        value, err, extrapolated = richardson(t)
         return value, (math.log(value) if value > 0.0 else -math.inf), err, extrapolated
     if not np.all(np.isfinite(lt)):
         return math.inf, float(lt[-1]), math.nan, False
@@ -521,11 +540,12 @@ def markov_cell(T, batch_size, depth, width, budgets=(), *, rel_tol=1e-3, start=
     cell = _make_cell(T, batch_size, depth, width, start, w_lo)
     for _ in range(8):
         try:
-            ln_taus, n = [], (_FIT_FIRST_INTERVALS if cell.fit else _FIRST_INTERVALS)
+            taus, ln_taus, n = [], [], (cell.first_intervals() if cell.fit else _FIRST_INTERVALS)
             while True:
-                (_tau, ln_tau), nodes = cell.tau(n)
+                (tau, ln_tau), nodes = cell.tau(n)
+                taus.append(tau)
                 ln_taus.append(ln_tau)
-                value, ln_value, err, extrapolated = _richardson_ln(ln_taus)
+                value, ln_value, err, extrapolated = _richardson_ln(ln_taus, taus)
                 enough = len(ln_taus) >= _MIN_LEVELS
                 if enough and (err <= rel_tol or math.isnan(err)):
                     break
@@ -567,3 +587,24 @@ def markov_cell(T, batch_size, depth, width, budgets=(), *, rel_tol=1e-3, start=
         p_escape=p_esc, n_nodes=int(nodes),
         dropped_mass=float(cell.dropped), w_lo=float(cell.w_lo), w_barrier=float(cell.barrier),
         w_start=float(cell.start), ln_mfpt=float(ln_value))
+
+
+# solve_seconds: one core's seconds for markov_cell, fitted to timings at depth 1, width 0.1
+# (T = 0.006..0.03, B = 1..64; see the markov calibration in the report of issue #14)
+_COST_LINEAR = (0.15, 0.11)  # B < _FIT_FROM_BATCH: seconds = (a + b B) x the T factor
+_COST_FITTED = (0.0, 0.05)  # B >= _FIT_FROM_BATCH: seconds = (a + b B) x the T factor
+_COST_T_SLOPE = 0.8  # the T factor: 1 + slope x clip((T - 0.01) / 0.01, 0, 2)
+
+
+def solve_seconds(T, batch_size, depth=1.0, width=0.1):
+    """Estimated CPU seconds of one markov_cell(T, batch_size, depth, width) call on one core
+    (numpy broadcasting over array arguments). An empirical model (within ~2x of the timings
+    it was fitted to): grids of up to ~4000 nodes whose sparse LU fills in with B, and more
+    grid levels at T > 0.01, where convergence is erratic. depth and width are not modelled."""
+    T = np.asarray(T, dtype=float)
+    B = np.asarray(batch_size, dtype=float)
+    a, b = np.where(B >= _FIT_FROM_BATCH, _COST_FITTED[0], _COST_LINEAR[0]), \
+        np.where(B >= _FIT_FROM_BATCH, _COST_FITTED[1], _COST_LINEAR[1])
+    factor = 1.0 + _COST_T_SLOPE * np.clip((T - 0.01) / 0.01, 0.0, 2.0)
+    out = (a + b * B) * factor * np.ones(np.broadcast(depth, width).shape)
+    return float(out) if out.ndim == 0 else out
