@@ -481,7 +481,8 @@ def _richardson_ln(ln_taus, taus=None) -> tuple[float, float, float, bool]:
     (taus as solved, else exp(ln_taus)), or else of the taus scaled by 1/tau_last (richardson is
     scale-free), shifted back in log space."""
     lt = np.asarray(ln_taus, dtype=float)
-    t = np.exp(lt) if taus is None else np.asarray(taus, dtype=float)
+    with np.errstate(over="ignore"):
+        t = np.exp(lt) if taus is None else np.asarray(taus, dtype=float)
     if np.all(np.isfinite(t)) and np.all(lt < 709.0):
         value, err, extrapolated = richardson(t)
         return value, (math.log(value) if value > 0.0 else -math.inf), err, extrapolated
