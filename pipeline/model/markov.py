@@ -590,22 +590,23 @@ def markov_cell(T, batch_size, depth, width, budgets=(), *, rel_tol=1e-3, start=
         w_start=float(cell.start), ln_mfpt=float(ln_value))
 
 
-# solve_seconds: one core's seconds for markov_cell, fitted to timings at depth 1, width 0.1
-# (T = 0.006..0.03, B = 1..64; see the markov calibration in the report of issue #14)
-_COST_LINEAR = (0.15, 0.11)  # B < _FIT_FROM_BATCH: seconds = (a + b B) x the T factor
-_COST_FITTED = (0.0, 0.05)  # B >= _FIT_FROM_BATCH: seconds = (a + b B) x the T factor
-_COST_T_SLOPE = 0.8  # the T factor: 1 + slope x clip((T - 0.01) / 0.01, 0, 2)
+# solve_seconds: one core's CPU seconds of markov_cell, fitted to timings at depth 1, width 0.1
+# (T = 0.006..0.05, B = 1..256, one BLAS thread, a loaded 2-core machine): see the report of issue #14
+_COST_LINEAR = (0.17, 0.125)  # B < _FIT_FROM_BATCH: a + b B x the T factor (3 grids up to 4001 nodes)
+_COST_FITTED_SMALL = 0.012  # _FIT_FROM_BATCH <= B <= 32: this x B (grids up to 1001..2001 nodes)
+_COST_FITTED_LARGE = (4.0, 0.02)  # B > 32: a + b B (the 4001-node grid's LU fills in: B >= 64)
 
 
 def solve_seconds(T, batch_size, depth=1.0, width=0.1):
     """Estimated CPU seconds of one markov_cell(T, batch_size, depth, width) call on one core
-    (numpy broadcasting over array arguments). An empirical model (within ~2x of the timings
-    it was fitted to): grids of up to ~4000 nodes whose sparse LU fills in with B, and more
-    grid levels at T > 0.01, where convergence is erratic. depth and width are not modelled."""
+    (numpy-broadcast over array arguments). An empirical model, within 2x of the timings it was
+    fitted to except cells whose convergence needs an extra (8001-node) grid (~8x): the sparse
+    LU's fill grows with B, and T > 0.01 (erratic convergence) costs up to 2.5x at B < 16, as
+    T factor = 1 + clip((T - 0.01) / 0.01, 0, 1.5). depth and width are not modelled."""
     T = np.asarray(T, dtype=float)
     B = np.asarray(batch_size, dtype=float)
-    a, b = np.where(B >= _FIT_FROM_BATCH, _COST_FITTED[0], _COST_LINEAR[0]), \
-        np.where(B >= _FIT_FROM_BATCH, _COST_FITTED[1], _COST_LINEAR[1])
-    factor = 1.0 + _COST_T_SLOPE * np.clip((T - 0.01) / 0.01, 0.0, 2.0)
-    out = (a + b * B) * factor * np.ones(np.broadcast(depth, width).shape)
+    factor = 1.0 + np.clip((T - 0.01) / 0.01, 0.0, 1.5)
+    linear = _COST_LINEAR[0] + _COST_LINEAR[1] * B * factor
+    fitted = np.where(B <= 32, _COST_FITTED_SMALL * B, _COST_FITTED_LARGE[0] + _COST_FITTED_LARGE[1] * B)
+    out = np.where(B < _FIT_FROM_BATCH, linear, fitted) * np.ones(np.broadcast(depth, width).shape)
     return float(out) if out.ndim == 0 else out
