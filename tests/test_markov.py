@@ -270,3 +270,24 @@ def test_solve_seconds_grows_with_batch_and_falls_with_T():
     s = [solve_seconds(0.01, B, 1.0, 0.1) for B in (1, 2, 4, 8, 16, 32, 64)]
     assert all(v > 0 and math.isfinite(v) for v in s) and s[3] > s[0]
     assert solve_seconds(0.008, 64, 1.0, 0.1) > 1.0
+
+
+def test_cube_variables_carry_ln_mfpt_where_mfpt_overflows():
+    # derived() of a method = "markov" chunk: ln_mfpt passes through, and the log10 escape times
+    # come from it where mfpt is inf (one cell tau ~ e^953, one ordinary)
+    from pipeline.sweep import cube
+
+    ln = np.array([953.37, math.log(3820032.5)]).reshape(2, 1, 1, 1)
+    counts = dict(n_walkers=np.zeros(ln.shape, np.int64), n_diverged=np.zeros(ln.shape, np.int64),
+                  n_escaped=np.zeros(ln.shape + (1,), np.int64), exposure=np.zeros(ln.shape + (1,), np.int64),
+                  hist=np.zeros(ln.shape + (3,), np.int64),
+                  mfpt_rel_error=np.full(ln.shape, 1e-4), ln_mfpt=ln, markov_p_escape=np.zeros(ln.shape + (1,)))
+    with np.errstate(over="ignore"):
+        counts["mfpt"] = np.where(ln > 709, np.inf, np.exp(ln))
+    out = cube.derived(counts, edges=(1, 2, 3, 4), method="markov")
+    assert np.array_equal(out["ln_mfpt"], ln) and "ln_mfpt" in cube.MARKOV_VARIABLES
+    lt = out["log10_escape_time"][:, 0, 0, 0, 0]
+    assert lt[0] == pytest.approx(953.37 / math.log(10), rel=1e-14) and lt[1] == np.log10(3820032.5)
+    assert out["log10_escape_time_low"][0, 0, 0, 0, 0] < lt[0] < out["log10_escape_time_high"][0, 0, 0, 0, 0]
+    del counts["ln_mfpt"]  # counts from a cube made before ln_mfpt: log(mfpt)
+    assert math.isinf(cube.derived(counts, edges=(1, 2, 3, 4), method="markov")["ln_mfpt"][0, 0, 0, 0])
