@@ -37,7 +37,8 @@ def mc_check(T, B, walkers, budget, seed):
 # (T, B, walkers, budget): budgets >= 15 tau, so (almost) every walker escapes and
 # exposure / escaped is the plain mean escape time.
 MC_CELLS = [(0.015, 1, 100_000, 50_000), (0.0175, 1, 100_000, 10_000),
-            (0.02, 1, 100_000, 10_000), (0.02, 2, 100_000, 100_000)]
+            (0.02, 1, 100_000, 10_000), (0.02, 2, 100_000, 100_000),
+            pytest.param(0.04, 16, 20_000, 1000, marks=pytest.mark.slow)]  # B = 16: the fitted chain
 
 
 @pytest.mark.parametrize("T,B,walkers,budget", MC_CELLS)
