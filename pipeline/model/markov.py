@@ -216,8 +216,10 @@ def _anchor(P, e, steps=_ANCHOR_STEPS) -> int:
 
 
 def _solve_mmatrix(P, a, s, h_scale=_H_SCALE):
-    """Renewal at node s: returns l, h * h_scale, g (see the module docstring) from one LU of
-    the killed M-matrix I - P0 (P with column s removed), diagonal pivots, additions only."""
+    """Renewal at node s: returns l, h * scale, g (see the module docstring), the componentwise
+    residual and log2(scale), from one LU of the killed M-matrix I - P0 (P with column s removed),
+    diagonal pivots, additions only. scale = h_scale, or h_scale^2 where h_s < 1 / h_scale^2
+    (then h alone is solved again with the same LU, so it keeps full precision down to ~1e-600)."""
     N = P.shape[0]
     P = P.tocsr()
     coo = P.tocoo()
@@ -228,19 +230,27 @@ def _solve_mmatrix(P, a, s, h_scale=_H_SCALE):
     A = (sp.identity(N, format="csr") - P0)
     lu = spla.splu(A.T.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
                    options=dict(SymmetricMode=True))
-    rhs = np.column_stack([np.ones(N), a * h_scale, col_s])
-    sol = lu.solve(rhs, trans="T")
-    # componentwise residual r = (rhs + P0 sol) - sol, relative to the local size; refine if needed
-    for _ in range(3):
-        fwd = rhs + P0 @ sol
-        scale = np.maximum(np.abs(fwd) + np.abs(sol), 1e-300)
-        res = fwd - sol
-        rel = np.max(np.abs(res) / scale)
-        if not np.isfinite(rel) or rel < 1e-12:
-            break
-        sol = sol + lu.solve(res, trans="T")
+
+    def solve(rhs):
+        sol = lu.solve(rhs, trans="T")
+        # componentwise residual r = (rhs + P0 sol) - sol, relative to the local size; refine if needed
+        for _ in range(3):
+            fwd = rhs + P0 @ sol
+            scale = np.maximum(np.abs(fwd) + np.abs(sol), 1e-300)
+            res = fwd - sol
+            rel = np.max(np.abs(res) / scale)
+            if not np.isfinite(rel) or rel < 1e-12:
+                break
+            sol = sol + lu.solve(res, trans="T")
+        return sol, float(rel)
+
+    sol, rel = solve(np.column_stack([np.ones(N), a * h_scale, col_s]))
     l, h, g = sol[:, 0], sol[:, 1], sol[:, 2]
-    return l, h, g, float(rel)
+    log2_scale = math.log2(h_scale)
+    if h[s] * h_scale < 1.0:  # h_s below 1 / h_scale^2: scale h once more
+        sol_h, rel_h = solve((a * h_scale * h_scale)[:, None])
+        h, rel, log2_scale = sol_h[:, 0], max(rel, rel_h), 2.0 * log2_scale
+    return l, h, g, rel, log2_scale
 
 
 def _mfpt(P, a, st: _Start, e, s, out_h=None) -> tuple[float, float]:
@@ -248,11 +258,7 @@ def _mfpt(P, a, st: _Start, e, s, out_h=None) -> tuple[float, float]:
 
     h is solved scaled by 2^500 (2^1000 where h_s < 2^-1000), and ln tau is summed in log space,
     so ln tau stays finite (and accurate) where tau itself overflows float64 (tau up to ~1e600)."""
-    l, h, g, rel = _solve_mmatrix(P, a, s)
-    log_scale = 500
-    if h[s] < 2.0**-500:  # h_s below 2^-1000: rescale so it keeps full precision
-        l, h, g, rel = _solve_mmatrix(P, a, s, _H_SCALE * _H_SCALE)
-        log_scale = 1000
+    l, h, g, rel, log_scale = _solve_mmatrix(P, a, s)
     if not (np.all(l >= 0) and np.all(h >= 0) and np.all(g >= -1e-12)) or rel > 1e-8:
         raise RuntimeError(
             f"markov: the renewal solve lost accuracy (componentwise residual {rel:.2g}); "
