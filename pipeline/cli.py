@@ -96,7 +96,10 @@ def _validate(args) -> int:
     from .sweep import partition  # numba: only once every spec is good
 
     reports = []
+    from .model.axes import samples
+
     for path, spec in specs:
+        solver_seconds = float(partition.solver_seconds(spec).sum())
         chunks = partition.chunk_shape(spec, args.task_seconds)
         n_chunks = math.prod(partition.chunk_grid(spec, chunks))
         blocks = len(partition.walker_blocks(spec, chunks, args.task_seconds))
@@ -106,7 +109,9 @@ def _validate(args) -> int:
             chunk_shape=list(chunks), chunks=n_chunks, tasks=n_chunks * blocks,
             walker_steps_upper_bound=spec.walker_steps_bound,
             work_upper_bound=spec.work_bound,  # max(steps) in rounds of 64, x ceil(batch_size / 64) words
-            estimated_core_seconds_upper_bound=spec.work_bound / partition.KERNEL_RATE,
+            estimated_core_seconds_upper_bound=(spec.work_bound if samples(spec.method) else 0) / partition.KERNEL_RATE
+            + solver_seconds,  # the kernel's bound plus the exact solver's estimate (markov.solve_seconds)
+            estimated_solver_core_seconds=solver_seconds,
             walkers_per_task_max=min(spec.walkers, partition.walker_blocks(spec, chunks, args.task_seconds)[0][1]),
             spec_hash=spec.content_hash))
         if args.store:

@@ -12,9 +12,10 @@ import pytest
 
 from pipeline import simulate
 from pipeline.model.landscape import find_pit
+from pipeline.model import markov
 from pipeline.model.markov import (
     GridError, MarkovResult, W_FLOOR, binomial_weights, make_grid, markov_cell, richardson, solve_grid,
-    step_images, transition_matrix,
+    solve_seconds, step_images, transition_matrix,
 )
 from pipeline.stats import censored_rate
 from pipeline.sweep.task import walker_steps
@@ -36,7 +37,8 @@ def mc_check(T, B, walkers, budget, seed):
 # (T, B, walkers, budget): budgets >= 15 tau, so (almost) every walker escapes and
 # exposure / escaped is the plain mean escape time.
 MC_CELLS = [(0.015, 1, 100_000, 50_000), (0.0175, 1, 100_000, 10_000),
-            (0.02, 1, 100_000, 10_000), (0.02, 2, 100_000, 100_000)]
+            (0.02, 1, 100_000, 10_000), (0.02, 2, 100_000, 100_000),
+            pytest.param(0.04, 16, 20_000, 1000, marks=pytest.mark.slow)]  # B = 16: the fitted chain
 
 
 @pytest.mark.parametrize("T,B,walkers,budget", MC_CELLS)
@@ -206,3 +208,87 @@ def test_error_estimate_against_a_finer_grid():
         n = r.n_nodes - 1
         finer = solve_grid(T, 1, 1.0, 0.1, 2 * n)[0]
         assert abs(r.mfpt / finer - 1) <= r.mfpt_rel_error, (T, r, finer)
+
+
+def test_ln_mfpt_is_finite_where_tau_overflows():
+    # B = 64, T = 0.01: tau ~ e^953 ~ 1e414 steps, past float64. The solver works in log space: a
+    # finite ln tau and a finite error, while mfpt is inf. (A 2001-node cap keeps this quick: the
+    # error reached there is reported, not rel_tol; ln tau ~ 953 on finer grids too.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # node cap; dropped mass x tau
+        r = markov_cell(0.01, 64, 1.0, 0.1, budgets=(100,), max_nodes=2001)
+    assert math.isinf(r.mfpt) and 950 < r.ln_mfpt < 956
+    assert math.isfinite(r.mfpt_rel_error) and 0 < r.mfpt_rel_error < 0.05
+    assert 0.0 <= r.p_escape[0] < 1e-300
+
+
+def test_exp_ln_mfpt_is_mfpt_where_finite():
+    for T, B in ((0.02, 1), (0.012, 2), (0.03, 16)):
+        r = markov_cell(T, B, 1.0, 0.1)
+        assert math.isfinite(r.mfpt) and math.exp(r.ln_mfpt) == pytest.approx(r.mfpt, rel=1e-14)
+
+
+def test_scaled_richardson_is_the_same_estimate():
+    # where a tau overflows, the Richardson step runs on taus / tau_last: same value and error
+    lt = np.log([345.87270318997207, 345.8777259834501, 345.88966180820034])
+    v, ln_v, err, ex = markov._richardson_ln(lt)
+    v2, ln_v2, err2, ex2 = markov._richardson_ln(lt + 1000.0)
+    assert math.isinf(v2) and ln_v2 == pytest.approx(ln_v + 1000.0, abs=1e-12)
+    assert err2 == pytest.approx(err, rel=1e-9) and ex2 == ex
+    assert (v, err, ex) == richardson(np.exp(lt))
+    taus = [1.0, 2.0, math.inf]
+    assert markov._richardson_ln(np.log(taus[:2]) , taus[:2])[:2] == (2.0, math.log(2.0))
+
+
+def dense_tau(P, a, e, st):
+    """tau of the chain by a dense solve of (I - P) m = 1 (fine where tau is small)."""
+    m = np.linalg.solve(np.eye(P.shape[0]) - P.toarray(), np.ones(P.shape[0]))
+    return st.pre_time + float(e @ m)
+
+
+@pytest.mark.parametrize("T,B,n", [(0.03, 16, 500), (0.05, 64, 250), (0.02, 2, 1000)])
+def test_renewal_matches_a_dense_solve_of_the_same_chain(T, B, n):
+    # the fitted chain (B >= 16) and the linear one: the renewal solve at the anchor against numpy's
+    # dense LU of the plain system, where tau is small enough for the latter to be accurate
+    cell = markov._make_cell(T, B, 1.0, 0.1, None, None)
+    (tau, ln_tau), _ = cell.tau(n)
+    x, P, a, e = cell.chain(n)
+    assert cell.fit == (B >= 16) and (n in cell.lam) == cell.fit
+    assert tau == pytest.approx(dense_tau(P, a, e, cell.st), rel=1e-9)
+    assert ln_tau == pytest.approx(math.log(tau), rel=1e-15)
+
+
+def test_fitted_chain_agrees_with_the_linear_one():
+    # B = 16, T = 0.01: the linear chain (the solver before the fitted split; 8001 nodes, 11 s)
+    # gave ln tau = 214.85471564821992 with estimated error 1.86e-4; the fitted chain (2001 nodes)
+    # must agree within either estimate (it gives 214.85464, 7e-5 away)
+    r = markov_cell(0.01, 16, 1.0, 0.1)
+    assert r.mfpt_rel_error < 1e-3 and r.n_nodes <= 4001
+    assert abs(r.ln_mfpt - 214.85471564821992) <= max(r.mfpt_rel_error, 1.86e-4)
+
+
+def test_solve_seconds_grows_with_batch_and_falls_with_T():
+    s = [solve_seconds(0.01, B, 1.0, 0.1) for B in (1, 2, 4, 8, 16, 32, 64)]
+    assert all(v > 0 and math.isfinite(v) for v in s) and s[3] > s[0]
+    assert solve_seconds(0.008, 64, 1.0, 0.1) > 1.0
+
+
+def test_cube_variables_carry_ln_mfpt_where_mfpt_overflows():
+    # derived() of a method = "markov" chunk: ln_mfpt passes through, and the log10 escape times
+    # come from it where mfpt is inf (one cell tau ~ e^953, one ordinary)
+    from pipeline.sweep import cube
+
+    ln = np.array([953.37, math.log(3820032.5)]).reshape(2, 1, 1, 1)
+    counts = dict(n_walkers=np.zeros(ln.shape, np.int64), n_diverged=np.zeros(ln.shape, np.int64),
+                  n_escaped=np.zeros(ln.shape + (1,), np.int64), exposure=np.zeros(ln.shape + (1,), np.int64),
+                  hist=np.zeros(ln.shape + (3,), np.int64),
+                  mfpt_rel_error=np.full(ln.shape, 1e-4), ln_mfpt=ln, markov_p_escape=np.zeros(ln.shape + (1,)))
+    with np.errstate(over="ignore"):
+        counts["mfpt"] = np.where(ln > 709, np.inf, np.exp(ln))
+    out = cube.derived(counts, edges=(1, 2, 3, 4), method="markov")
+    assert np.array_equal(out["ln_mfpt"], ln) and "ln_mfpt" in cube.MARKOV_VARIABLES
+    lt = out["log10_escape_time"][:, 0, 0, 0, 0]
+    assert lt[0] == pytest.approx(953.37 / math.log(10), rel=1e-14) and lt[1] == np.log10(3820032.5)
+    assert out["log10_escape_time_low"][0, 0, 0, 0, 0] < lt[0] < out["log10_escape_time_high"][0, 0, 0, 0, 0]
+    del counts["ln_mfpt"]  # counts from a cube made before ln_mfpt: log(mfpt)
+    assert math.isinf(cube.derived(counts, edges=(1, 2, 3, 4), method="markov")["ln_mfpt"][0, 0, 0, 0])

@@ -6,6 +6,12 @@ It is discretised on a grid (linear interpolation makes the grid itself a chain)
 renewal at an anchor node with a sparse M-matrix LU (accurate however large tau is), the first
 steps enumerated exactly, P(escape within n) summed subtraction-free, and the grid refined until a
 Richardson error estimate meets rel_tol. DESIGN.md section 7 is the full design. No Dask, no I/O.
+
+From batch size 16 on the split between nodes is exponentially fitted to the escape probability
+(exact for exp(lam W) on each interval): ln tau grows ~B, the linear split's error ~B^2 h^2, and the
+fitted chain reaches 1e-3 on ~8x fewer nodes. tau is carried as ln tau (ln_mfpt), so it stays
+finite past float64's 1e308 (up to ~1e600, where the escape probability h_s underflows even
+scaled by 2^1000). `solve_seconds` is the calibrated cost model of one markov_cell call.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ _LEFT_COARSENING = 4.0  # node spacing grows to this multiple, one pit width lef
 _H_SCALE = 2.0**500  # right-hand side scale for the escape probability h (avoids underflow)
 _ANCHOR_STEPS = 300
 _ERRATIC_EXPANSION = 20.0  # max |f_k'| above which grid convergence is erratic: warn
+_FIT_FROM_BATCH = 16  # from this batch size on, the exponentially fitted split (see _Cell.tau)
+_FIT_PASSES = 2  # fitted solves on the first grid after its linear one: they give lam(W)
+_FIT_FIRST_INTERVALS = 250  # first grid at B = 16, doubling with B up to 1000 (lam(W) must resolve h)
+_MAX_FIT = 50.0  # |lam h| cap of the fitted split
 _MIN_LEVELS = 3  # grids solved at least: with two, one difference is the whole error estimate, and
 # convergence is not monotone at T >~ 0.02 (T = 0.025, B = 3: 1.45e-5 reported, 5.8e-5 true)
 
@@ -40,10 +50,12 @@ class MarkovResult:
 
     mfpt: mean escape time tau from the start (steps); inf where it exceeds float range or
     escape is impossible. mfpt_rel_error: Richardson estimate of the relative discretisation
-    error of mfpt (nan where mfpt is inf). p_escape[i]: P(escape within budgets[i] steps).
+    error of mfpt (computed in log space, so finite also where mfpt overflows; nan only where
+    escape is impossible). p_escape[i]: P(escape within budgets[i] steps).
     n_nodes: nodes of the finest grid used. dropped_mass: total binomial weight dropped
     (each dropped weight < 1e-16; the kept weights are renormalised). w_lo, w_barrier: the
-    grid's ends; w_start: the start W_0.
+    grid's ends; w_start: the start W_0. ln_mfpt: natural log of tau, finite wherever escape is
+    possible (tau beyond 1e308 included); exp(ln_mfpt) == mfpt to rounding where mfpt is finite.
     """
 
     mfpt: float
@@ -55,6 +67,7 @@ class MarkovResult:
     w_lo: float
     w_barrier: float
     w_start: float
+    ln_mfpt: float
 
 
 class GridError(ValueError):
@@ -114,10 +127,14 @@ def _hat(x, y):
     return j, theta
 
 
-def transition_matrix(x, T, kfrac, p, depth, width, barrier):
+def transition_matrix(x, T, kfrac, p, depth, width, barrier, lam=None):
     """Sparse chain on the nodes x: P[i, j] = sum of p_k over images f_k(x_i) <= barrier, split
     linearly between the two nodes around the image; a[i] = sum of p_k over images > barrier
-    (one-step escape). Raises GridError (a ValueError) if any image lies left of x[0] (never clipped)."""
+    (one-step escape). Raises GridError (a ValueError) if any image lies left of x[0] (never clipped).
+
+    lam (per interval, 1/W): exponentially fitted split instead, weight of node j + 1 =
+    expm1(lam_j (y - x_j)) / expm1(lam_j (x_(j+1) - x_j)), exact for 1 and exp(lam W) on the
+    interval; it tends to the linear split as the spacing shrinks (same limit chain)."""
     N = len(x)
     Y = step_images(x, T, kfrac, depth, width)
     y_min = float(Y.min())
@@ -130,6 +147,10 @@ def transition_matrix(x, T, kfrac, p, depth, width, barrier):
     rows = np.broadcast_to(np.arange(N, dtype=np.int32)[:, None], Y.shape)[stay]
     y, w = Y[stay], pk[stay]
     j, th = _hat(x, y)
+    if lam is not None:
+        z = np.clip(lam[j] * (x[j + 1] - x[j]), -_MAX_FIT, _MAX_FIT)
+        tiny = np.abs(z) < 1e-8
+        th = np.where(tiny, th, np.expm1(z * th) / np.where(tiny, 1.0, np.expm1(z)))
     P = sp.csr_matrix(
         (np.concatenate([w * (1.0 - th), w * th]),
          (np.concatenate([rows, rows]), np.concatenate([j, j + 1]).astype(np.int32))),
@@ -194,9 +215,11 @@ def _anchor(P, e, steps=_ANCHOR_STEPS) -> int:
     return int(np.argmax(occ))
 
 
-def _solve_mmatrix(P, a, s):
-    """Renewal at node s: returns l, h * _H_SCALE, g (see the module docstring) from one LU of
-    the killed M-matrix I - P0 (P with column s removed), diagonal pivots, additions only."""
+def _solve_mmatrix(P, a, s, h_scale=_H_SCALE):
+    """Renewal at node s: returns l, h * scale, g (see the module docstring), the componentwise
+    residual and log2(scale), from one LU of the killed M-matrix I - P0 (P with column s removed),
+    diagonal pivots, additions only. scale = h_scale, or h_scale^2 where h_s < 1 / h_scale^2
+    (then h alone is solved again with the same LU, so it keeps full precision down to ~1e-600)."""
     N = P.shape[0]
     P = P.tocsr()
     coo = P.tocoo()
@@ -207,33 +230,53 @@ def _solve_mmatrix(P, a, s):
     A = (sp.identity(N, format="csr") - P0)
     lu = spla.splu(A.T.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
                    options=dict(SymmetricMode=True))
-    rhs = np.column_stack([np.ones(N), a * _H_SCALE, col_s])
-    sol = lu.solve(rhs, trans="T")
-    # componentwise residual r = (rhs + P0 sol) - sol, relative to the local size; refine if needed
-    for _ in range(3):
-        fwd = rhs + P0 @ sol
-        scale = np.maximum(np.abs(fwd) + np.abs(sol), 1e-300)
-        res = fwd - sol
-        rel = np.max(np.abs(res) / scale)
-        if not np.isfinite(rel) or rel < 1e-12:
-            break
-        sol = sol + lu.solve(res, trans="T")
+
+    def solve(rhs):
+        sol = lu.solve(rhs, trans="T")
+        # componentwise residual r = (rhs + P0 sol) - sol, relative to the local size; refine if needed
+        for _ in range(3):
+            fwd = rhs + P0 @ sol
+            scale = np.maximum(np.abs(fwd) + np.abs(sol), 1e-300)
+            res = fwd - sol
+            rel = np.max(np.abs(res) / scale)
+            if not np.isfinite(rel) or rel < 1e-12:
+                break
+            sol = sol + lu.solve(res, trans="T")
+        return sol, float(rel)
+
+    sol, rel = solve(np.column_stack([np.ones(N), a * h_scale, col_s]))
     l, h, g = sol[:, 0], sol[:, 1], sol[:, 2]
-    return l, h, g, float(rel)
+    log2_scale = math.log2(h_scale)
+    if h[s] * h_scale < 1.0:  # h_s below 1 / h_scale^2: scale h once more
+        sol_h, rel_h = solve((a * h_scale * h_scale)[:, None])
+        h, rel, log2_scale = sol_h[:, 0], max(rel, rel_h), 2.0 * log2_scale
+    return l, h, g, rel, log2_scale
 
 
-def _mfpt(P, a, st: _Start, e, s) -> float:
-    """tau = sum_{j<n0} P(alive after j) + sum_i e_i (l_i + g_i l_s / h_s)."""
-    l, h, g, rel = _solve_mmatrix(P, a, s)
+def _mfpt(P, a, st: _Start, e, s, out_h=None) -> tuple[float, float]:
+    """(tau, ln tau) with tau = sum_{j<n0} P(alive after j) + sum_i e_i (l_i + g_i l_s / h_s).
+
+    h is solved scaled by 2^500 (2^1000 where h_s < 2^-1000), and ln tau is summed in log space,
+    so ln tau stays finite (and accurate) where tau itself overflows float64 (tau up to ~1e600)."""
+    l, h, g, rel, log_scale = _solve_mmatrix(P, a, s)
     if not (np.all(l >= 0) and np.all(h >= 0) and np.all(g >= -1e-12)) or rel > 1e-8:
         raise RuntimeError(
             f"markov: the renewal solve lost accuracy (componentwise residual {rel:.2g}); "
             "the chain is too close to trapping at this T")
+    if out_h is not None:
+        out_h.append((h, log_scale))
     if h[s] <= 0.0:
-        return math.inf
+        return math.inf, math.inf
     ratio = l[s] / h[s]
-    m_s = math.ldexp(ratio, 500) if ratio < math.ldexp(1.0, 523) else math.inf
-    return float(st.pre_time + np.dot(e, l) + np.dot(e, g) * m_s)
+    first = st.pre_time + np.dot(e, l)
+    eg = float(np.dot(e, g))
+    if log_scale == 500 and ratio < math.ldexp(1.0, 523):  # tau in float range: summed directly
+        tau = float(first + eg * math.ldexp(ratio, 500))
+        if math.isfinite(tau):
+            return tau, math.log(tau)
+    ln_ms = math.log(l[s]) - math.log(h[s]) + log_scale * math.log(2.0)
+    ln_tau = float(np.logaddexp(math.log(first), math.log(eg) + ln_ms if eg > 0.0 else -math.inf))
+    return (math.exp(ln_tau) if ln_tau < 709.78 else math.inf), ln_tau
 
 
 def _escape_within(P, a, e, budgets, st: _Start) -> np.ndarray:
@@ -342,6 +385,9 @@ class _Cell:
             lo = min(lo, float(self.st.w.min()))
         self.w_lo = min(lo, self.start)
         self.anchor_w = None
+        self.fit = B >= _FIT_FROM_BATCH
+        self.lam = {}  # n_intervals -> fitted split rates of the chain solved there
+        self.lam_w = None
         w = np.linspace(self.w_lo, self.barrier, 20001)
         ext = np.array([self.kfrac.min(), self.kfrac.max()])
         slopes = np.diff(step_images(w, T, ext, depth, width), axis=0) / np.diff(w)[:, None]
@@ -360,18 +406,46 @@ class _Cell:
         if not (math.isfinite(new) and new >= W_FLOOR):
             raise ValueError(self._floor_message(new))
         self.w_lo = min(self.w_lo, new)
+        self.lam, self.lam_w = {}, None
 
-    def chain(self, n_intervals):
+    def first_intervals(self) -> int:
+        """First grid of the fitted chain: 250 intervals at B = 16, doubling with B, at most 1000."""
+        return min(_FIRST_INTERVALS, _FIT_FIRST_INTERVALS << max(0, math.ceil(math.log2(self.B / 16))))
+
+    def chain(self, n_intervals, lam=None):
         x = make_grid(self.w_lo, self.barrier, n_intervals, self.pit_min, self.width)
-        P, a = transition_matrix(x, self.T, self.kfrac, self.p, self.depth, self.width, self.barrier)
+        lam = self.lam.get(n_intervals) if lam is None else (None if lam is False else lam)
+        P, a = transition_matrix(x, self.T, self.kfrac, self.p, self.depth, self.width, self.barrier, lam)
         e = _deposit(x, self.st.w, self.st.weight)
         return x, P, a, e
 
     def tau(self, n_intervals):
-        x, P, a, e = self.chain(n_intervals)
-        if self.anchor_w is None:
+        """((tau, ln tau), nodes) on a grid of n_intervals. From batch _FIT_FROM_BATCH on, the
+        chain's split is exponentially fitted: lam(W) = d ln h / dW, h the escape probability
+        before return to the anchor, from the first grid solved (one linear, then _FIT_PASSES
+        fitted solves), then held fixed (interpolated) on every finer grid, so the grids form one
+        family whose error shrinks as h^2 and Richardson applies. h varies like exp(B x const)
+        across the pit, which the linear split resolves only with ~B times more nodes."""
+        if self.anchor_w is None:  # from the first linear grid, whatever grid is solved first
+            x, P, a, e = self.chain(_FIRST_INTERVALS, lam=False)
             self.anchor_w = x[_anchor(P, e)]
+        if self.fit and self.lam_w is not None:
+            x = make_grid(self.w_lo, self.barrier, n_intervals, self.pit_min, self.width)
+            self.lam[n_intervals] = np.interp(0.5 * (x[1:] + x[:-1]), *self.lam_w)
+        x, P, a, e = self.chain(n_intervals, lam=None if not self.fit or self.lam_w is not None else False)
         s = int(np.argmin(np.abs(x - self.anchor_w)))
+        if not self.fit or self.lam_w is not None:
+            return _mfpt(P, a, self.st, e, s), len(x)
+        for _ in range(_FIT_PASSES):
+            hs = []
+            _mfpt(P, a, self.st, e, s, out_h=hs)
+            h = hs[0][0]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lam = np.diff(np.log(h)) / np.diff(x)
+            lam = np.where(np.isfinite(lam), lam, 0.0)
+            x, P, a, e = self.chain(n_intervals, lam=lam)
+        self.lam[n_intervals] = lam
+        self.lam_w = (0.5 * (x[1:] + x[:-1]), lam)
         return _mfpt(P, a, self.st, e, s), len(x)
 
 
@@ -408,6 +482,23 @@ def richardson(taus):
     return float(t[-1]), float(err / abs(t[-1])), False
 
 
+def _richardson_ln(ln_taus, taus=None) -> tuple[float, float, float, bool]:
+    """(tau, ln tau, relative error, extrapolated?): `richardson` of the taus where all are finite
+    (taus as solved, else exp(ln_taus)), or else of the taus scaled by 1/tau_last (richardson is
+    scale-free), shifted back in log space."""
+    lt = np.asarray(ln_taus, dtype=float)
+    with np.errstate(over="ignore"):
+        t = np.exp(lt) if taus is None else np.asarray(taus, dtype=float)
+    if np.all(np.isfinite(t)) and np.all(lt < 709.0):
+        value, err, extrapolated = richardson(t)
+        return value, (math.log(value) if value > 0.0 else -math.inf), err, extrapolated
+    if not np.all(np.isfinite(lt)):
+        return math.inf, float(lt[-1]), math.nan, False
+    v, err, extrapolated = richardson(np.exp(lt - lt[-1]))
+    ln_value = float(lt[-1] + math.log(v))
+    return (math.exp(ln_value) if ln_value < 709.78 else math.inf), ln_value, err, extrapolated
+
+
 def solve_grid(T, batch_size, depth, width, n_intervals, *, start=None, w_lo=None) -> tuple[float, int]:
     """tau (steps) on one fixed grid of n_intervals intervals (widened as needed), and its node
     count: the building block of markov_cell, for convergence studies."""
@@ -415,7 +506,8 @@ def solve_grid(T, batch_size, depth, width, n_intervals, *, start=None, w_lo=Non
     n = check_int("n_intervals", n_intervals, 16)
     for _ in range(8):
         try:
-            return cell.tau(n)
+            (tau, _ln), nodes = cell.tau(n)
+            return tau, nodes
         except GridError as exc:
             cell.widen(exc.w_min)
     raise ValueError(f"T={T!r}: widening the grid did not hold the chain")
@@ -455,16 +547,17 @@ def markov_cell(T, batch_size, depth, width, budgets=(), *, rel_tol=1e-3, start=
     cell = _make_cell(T, batch_size, depth, width, start, w_lo)
     for _ in range(8):
         try:
-            taus, n = [], _FIRST_INTERVALS
+            taus, ln_taus, n = [], [], (cell.first_intervals() if cell.fit else _FIRST_INTERVALS)
             while True:
-                tau, nodes = cell.tau(n)
+                (tau, ln_tau), nodes = cell.tau(n)
                 taus.append(tau)
-                value, err, extrapolated = richardson(taus)
-                enough = len(taus) >= _MIN_LEVELS
+                ln_taus.append(ln_tau)
+                value, ln_value, err, extrapolated = _richardson_ln(ln_taus, taus)
+                enough = len(ln_taus) >= _MIN_LEVELS
                 if enough and (err <= rel_tol or math.isnan(err)):
                     break
                 if 2 * n + 1 > max_nodes:
-                    if len(taus) >= 2:
+                    if len(ln_taus) >= 2:
                         warnings.warn(
                             f"markov_cell(T={cell.T}, batch_size={cell.B}): node cap {max_nodes} "
                             f"reached with estimated relative error {err:.2g} > rel_tol={rel_tol}",
@@ -481,7 +574,7 @@ def markov_cell(T, batch_size, depth, width, budgets=(), *, rel_tol=1e-3, start=
             cell.anchor_w = None
     else:
         raise ValueError(f"T={T!r}: widening the grid did not hold the chain")
-    if math.isinf(value):
+    if math.isinf(ln_value):
         err = math.nan
     if cell.expansion > _ERRATIC_EXPANSION:
         warnings.warn(
@@ -489,10 +582,10 @@ def markov_cell(T, batch_size, depth, width, budgets=(), *, rel_tol=1e-3, start=
             f"the maps stretch W by up to {cell.expansion:.0f}x per step; the grid converges "
             f"erratically there and the error estimate ({err:.2g}) is a heuristic: check against "
             "Monte Carlo, which is cheap in this regime", RuntimeWarning, stacklevel=2)
-    if cell.dropped > 0.0 and math.isfinite(value) and value * cell.dropped > rel_tol:
+    if cell.dropped > 0.0 and ln_value + math.log(cell.dropped) > math.log(rel_tol):
         warnings.warn(
             f"markov_cell(T={cell.T}, batch_size={cell.B}): dropped binomial mass {cell.dropped:.2g} "
-            f"times tau {value:.3g} exceeds rel_tol: batches too rare to keep could matter",
+            f"times tau (ln tau = {ln_value:.4g}) exceeds rel_tol: batches too rare to keep could matter",
             RuntimeWarning, stacklevel=2)
     p_esc = np.asarray(p_esc, dtype=np.float64)
     p_esc.setflags(write=False)
@@ -500,4 +593,26 @@ def markov_cell(T, batch_size, depth, width, budgets=(), *, rel_tol=1e-3, start=
         mfpt=float(value), mfpt_rel_error=float(err), budgets=budgets,
         p_escape=p_esc, n_nodes=int(nodes),
         dropped_mass=float(cell.dropped), w_lo=float(cell.w_lo), w_barrier=float(cell.barrier),
-        w_start=float(cell.start))
+        w_start=float(cell.start), ln_mfpt=float(ln_value))
+
+
+# solve_seconds: one core's CPU seconds of markov_cell, fitted to timings at depth 1, width 0.1
+# (T = 0.006..0.05, B = 1..256, one BLAS thread, a loaded 2-core machine): see the report of issue #14
+_COST_LINEAR = (0.17, 0.125)  # B < _FIT_FROM_BATCH: a + b B x the T factor (3 grids up to 4001 nodes)
+_COST_FITTED_SMALL = 0.012  # _FIT_FROM_BATCH <= B <= 32: this x B (grids up to 1001..2001 nodes)
+_COST_FITTED_LARGE = (4.0, 0.02)  # B > 32: a + b B (the 4001-node grid's LU fills in: B >= 64)
+
+
+def solve_seconds(T, batch_size, depth=1.0, width=0.1):
+    """Estimated CPU seconds of one markov_cell(T, batch_size, depth, width) call on one core
+    (numpy-broadcast over array arguments). An empirical model, within 2x of the timings it was
+    fitted to except cells whose convergence needs an extra (8001-node) grid (~8x): the sparse
+    LU's fill grows with B, and T > 0.01 (erratic convergence) costs up to 2.5x at B < 16, as
+    T factor = 1 + clip((T - 0.01) / 0.01, 0, 1.5). depth and width are not modelled."""
+    T = np.asarray(T, dtype=float)
+    B = np.asarray(batch_size, dtype=float)
+    factor = 1.0 + np.clip((T - 0.01) / 0.01, 0.0, 1.5)
+    linear = _COST_LINEAR[0] + _COST_LINEAR[1] * B * factor
+    fitted = np.where(B <= 32, _COST_FITTED_SMALL * B, _COST_FITTED_LARGE[0] + _COST_FITTED_LARGE[1] * B)
+    out = np.where(B < _FIT_FROM_BATCH, linear, fitted) * np.ones(np.broadcast(depth, width).shape)
+    return float(out) if out.ndim == 0 else out

@@ -56,6 +56,9 @@ MARKOV_VARIABLES = {
              "mean first-passage time from w_start past w_barrier, from the grid Markov chain (pipeline.markov)"),
     "mfpt_rel_error": (CELL_DIMS, "float64", "mfpt relative discretisation error", "1",
                        "Richardson estimate |tau(h) - tau(h/2)| / tau(h/2) of the exact solver's grid error"),
+    "ln_mfpt": (CELL_DIMS, "float64", "ln mean escape time (exact solver)", "ln(steps)",
+                "natural log of mfpt, solved in log space: finite also where mfpt overflows float64 (inf) "
+                "at large batch size / low T; mfpt_rel_error is its absolute error"),
 }
 BOTH_VARIABLES = {
     "markov_p_escape": (DIMS5, "float64", "escape probability (exact solver)", "1",
@@ -161,6 +164,11 @@ def derived(counts: dict, edges, method: str = "montecarlo") -> dict:
         rate = 1.0 / tau
         with np.errstate(invalid="ignore", divide="ignore"):
             lt, ltlo, lthi = np.log10(tau), np.log10(tau * (1 - rel)), np.log10(tau * (1 + rel))
+            if "ln_mfpt" in counts:  # where tau overflows: the log times from ln_mfpt
+                ln = np.repeat(counts["ln_mfpt"][..., None], nb, axis=-1) / np.log(10.0)
+                big = np.isinf(tau) & np.isfinite(ln)
+                lt = np.where(big, ln, lt)
+                ltlo, lthi = np.where(big, ln + np.log10(1 - rel), ltlo), np.where(big, ln + np.log10(1 + rel), lthi)
         med = np.full(k.shape, np.nan)
     else:
         p, plo, phi = stats.wilson(k, n)
@@ -183,6 +191,9 @@ def derived(counts: dict, edges, method: str = "montecarlo") -> dict:
     if solves(method):
         out["mfpt"] = np.asarray(counts["mfpt"], dtype=np.float64)
         out["mfpt_rel_error"] = np.asarray(counts["mfpt_rel_error"], dtype=np.float64)
+        with np.errstate(divide="ignore"):  # counts carried over from a cube without ln_mfpt: log(mfpt)
+            out["ln_mfpt"] = np.asarray(counts["ln_mfpt"] if "ln_mfpt" in counts else np.log(counts["mfpt"]),
+                                        dtype=np.float64)
     return out
 
 

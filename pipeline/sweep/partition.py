@@ -25,7 +25,6 @@ DEFAULT_TASK_SECONDS = 2.0
 MIN_CHUNKS = 8  # even a small grid keeps a few workers busy
 
 
-MARKOV_CELL_COST = 0.3 * KERNEL_RATE  # an exact solve takes a fraction of a second
 MAX_BLOCK_WALKERS = 4_000_000  # the kernel returns an int64 per walker: <= 32 MB per task
 GPU_KERNEL_RATE = 2e11  # walker-steps/s of one GPU worker (cuda backend, H100-class, float64)
 
@@ -35,11 +34,27 @@ def kernel_rate(backend: str = "cpu") -> float:
     return GPU_KERNEL_RATE if backend == "cuda" else KERNEL_RATE
 
 
+def solver_seconds(spec: Spec) -> np.ndarray:
+    """Estimated one-core seconds of the exact solver per cell, shape spec.cell_shape
+    (markov.solve_seconds, calibrated by timing); zeros where the method does not solve."""
+    from ..model.markov import solve_seconds
+
+    if not solves(spec.method):
+        return np.zeros(spec.cell_shape)
+    g = np.meshgrid(spec.T, spec.batch_size, spec.depth, spec.width, indexing="ij")
+    return np.broadcast_to(solve_seconds(*g), spec.cell_shape)
+
+
+def markov_cell_cost(spec: Spec) -> float:
+    """The exact solve of the costliest cell in walker-step units (solver seconds x KERNEL_RATE)."""
+    return float(solver_seconds(spec).max(initial=0.0)) * KERNEL_RATE
+
+
 def cell_cost(spec: Spec) -> float:
     """Work of the costliest cell in walker-step units: walkers x max(steps) rounded up to the
     kernel's rounds of 64 x random words per step of the largest batch, plus the exact solve."""
     mc = spec.walkers * spec.cost_steps * spec.batch_words(max(spec.batch_size)) if samples(spec.method) else 0
-    return mc + (MARKOV_CELL_COST if solves(spec.method) else 0)
+    return mc + (markov_cell_cost(spec) if solves(spec.method) else 0)
 
 
 def chunk_shape(spec: Spec, task_seconds: float = DEFAULT_TASK_SECONDS,

@@ -246,6 +246,8 @@ class Store:
         g = group if group is not None else self.group()
         written = {}
         for name, (region, arr) in cube.regions(slices, cube.derived(counts, edges, method)).items():
+            if name not in g:  # a store made before this variable existed (ln_mfpt): resumed without it
+                continue
             a = g[name]
             written[name] = np.asarray(arr, dtype=a.dtype)
             a[region] = written[name]

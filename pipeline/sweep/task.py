@@ -84,7 +84,7 @@ def run_task(task: Task) -> dict:
     Keys: chunk, block, n_walkers/n_diverged (shape = chunk shape), n_escaped/exposure
     (chunk shape + budgets), hist (chunk shape + bins), walker_steps (int), kernel_seconds.
     With method "markov" or "both", block 0 also carries the exact solver's mfpt and
-    mfpt_rel_error (chunk shape) and markov_p_escape (chunk shape + budgets).
+    mfpt_rel_error, ln_mfpt (chunk shape) and markov_p_escape (chunk shape + budgets).
     `backend` names the kernel backend that computed the walkers (provenance).
     """
     shape = task.shape
@@ -114,12 +114,14 @@ def run_task(task: Task) -> dict:
 
         out["mfpt"] = np.zeros(shape)
         out["mfpt_rel_error"] = np.zeros(shape)
+        out["ln_mfpt"] = np.zeros(shape)
         out["markov_p_escape"] = np.zeros(shape + (nb,))
         t0 = time.perf_counter()
         for c in task.cells:
             r = markov_cell(c.T, c.batch_size, c.depth, c.width, task.budgets, start=c.w_start)
             out["mfpt"][c.index] = r.mfpt
             out["mfpt_rel_error"][c.index] = r.mfpt_rel_error
+            out["ln_mfpt"][c.index] = r.ln_mfpt
             out["markov_p_escape"][c.index] = r.p_escape
         out["kernel_seconds"] += time.perf_counter() - t0
     return out
