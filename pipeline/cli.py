@@ -151,6 +151,10 @@ def _validate_text(info: dict) -> str:
         lines.append(f"  work:    at most {_count(info['walker_steps_upper_bound'])} walker-steps "
                      f"({_count(info['work_upper_bound'])} kernel steps in rounds of 64), at most "
                      + (f"{secs:.2g}" if secs < 10 else _count(round(secs))) + " core-seconds")
+    solve = info.get("estimated_solver_core_seconds") or 0
+    if solve:
+        lines.append(f"  solver:  about {solve:.2g} core-seconds for the exact solver's {_count(info['cells'])} cells "
+                     "(markov.solve_seconds, calibrated against measured solves; wall = this / workers)")
     if "store" in info:
         plan = {k.removeprefix("store_"): v for k, v in info.items() if k.startswith("store_")}
         action = plan.pop("action", "?")
