@@ -34,6 +34,20 @@ def test_kernel_walkers_equal_the_kernel_before_the_budget_cut():
     assert h.hexdigest() == MAIN_KERNEL_DIGEST
 
 
+def test_diverging_walkers_keep_the_whole_round_rule():
+    """T = 1e300 in a deep narrow pit overflows W: there rounds are never cut, and a walker not escaped
+    is DIVERGED when W is not finite at the end of its last whole round, as before (and as on cuda)."""
+    h = hashlib.blake2b(digest_size=16)
+    diverged = 0
+    for T, B, d, w, steps, first, count in [(1e300, 1, 20.0, 0.01, 1, 7, 64), (1e300, 3, 20.0, 0.01, 1, 0, 64),
+                                            (1e300, 1, 20.0, 0.01, 5, 11, 64), (1e300, 1, 20.0, 0.01, 100, 0, 130)]:
+        p = find_pit(d, w)
+        e = kernels.escape_steps(T, steps, B, d, w, p.w_start, p.w_barrier, cell_key(3, T, B, d, w), first, count)
+        diverged += int((e == kernels.DIVERGED).sum())
+        h.update(e.tobytes())
+    assert diverged > 0 and h.hexdigest() == "1674d5dfb0f2829cc5c32c29eefe1d6a"
+
+
 @pytest.mark.parametrize("B, T", [(1, 0.02), (5, 0.03), (100, 0.05)])
 def test_a_budget_reads_the_same_walkers_as_a_longer_one(B, T):
     """The walk does not depend on the budget: a budget's escape steps are a longer run's, censored."""

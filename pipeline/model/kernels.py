@@ -164,14 +164,21 @@ def escape_steps(T, steps, batch_size, depth, width, start, barrier, key, first,
             state[j] = walker_state(key, first + nxt)
             nxt += 1
             active += 1
+    # |step| <= T * 0.86 * (1 + depth / width): with these bounds W stays finite forever, so a walker
+    # can only be DIVERGED at T ~ 1e300-style inputs; only there must a round run to its end (below)
+    can_cut = T < 1e50 and depth * inv_w < 1e50 and inv_w < 1e50
     while active > 0:
         # a round is K steps, or fewer when every busy lane's walker reaches its budget within it:
-        # then no lane carries on past the round, so no random word is split and no step is wasted
-        R = 0
-        for j in range(LANES):
-            if wid[j] >= 0:
-                R = max(R, steps - done_steps[j])
-        R = min(R, K)
+        # then no lane carries on past the round, so no random word is split and no step is wasted.
+        # (A walker not escaped is DIVERGED if W is not finite at the end of its last whole round:
+        # where W provably stays finite, cutting that round changes nothing.)
+        R = K
+        if can_cut:
+            R = 0
+            for j in range(LANES):
+                if wid[j] >= 0:
+                    R = max(R, steps - done_steps[j])
+            R = min(R, K)
         for t in range(R):
             if nwords == 1:
                 if t % per_word == 0:
