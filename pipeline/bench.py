@@ -252,7 +252,9 @@ depth = [1.0]
 width = [0.1]
 """
 
-# (spec text, contenders measured): the numpy contenders take minutes on a million cells
+# (spec text, contenders measured): the numpy contenders take minutes on a million cells, and on
+# 1e5 tiny cells psweep + numpy is stopped after NUMPY_TINY_TIMEOUT seconds (the default stays ~3 min)
+NUMPY_TINY_TIMEOUT = 60.0
 WORKLOADS = {
     "seed-post grid (56 cells x 20k walkers)": (SEED_POST_SPEC, CONTENDERS),
     "1e5 tiny cells (64 walkers, steps [100])": (GRID_SPEC.format(walkers=64, nT=1000), CONTENDERS[:3]),
@@ -293,16 +295,65 @@ def _psweep_cell(pset):
                                       pset["walkers"], pset["seed"]))
 
 
-def _peak_rss_mb() -> tuple[float, float]:
-    """(this process's peak RSS, the largest reaped descendant's peak RSS) in MB (Linux: ru_maxrss in KB)."""
+def _vm_hwm_mb(pid: int) -> float:
+    """Peak RSS of a live process from /proc (Linux; 0 where unreadable). A fork that execs starts a
+    fresh count, unlike RUSAGE_CHILDREN, which charges every short helper (uname) the parent's RSS."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+class _ChildWatch:
+    """Largest peak RSS among this process's descendants, polled every 20 ms while it runs."""
+
+    def __init__(self):
+        import threading
+
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            for c in me.children(recursive=True):
+                self.peak = max(self.peak, _vm_hwm_mb(c.pid))
+            self._stop.wait(0.02)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS in MB (Linux: ru_maxrss in KB)."""
     import resource
 
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _child(contender: str, spec_text: str, workdir: str) -> dict:
     """Run one contender on one workload in this (fresh) process; cells and what it computed."""
+    import os as _os
+
+    watch = _ChildWatch()
+    try:
+        out = _run_contender(contender, spec_text, workdir)
+    finally:
+        workers = watch.stop()
+    return dict(out, client_rss_mb=_peak_rss_mb(), worker_rss_mb=workers)
+
+
+def _run_contender(contender: str, spec_text: str, workdir: str) -> dict:
     import os as _os
 
     if contender == "escape-sweep run":
@@ -327,7 +378,8 @@ def _child(contender: str, spec_text: str, workdir: str) -> dict:
 
         fn = _simulate_cell if contender.endswith("simulate") else _numpy_cell
         out = Parallel(n_jobs=n)(delayed(fn)(*c, *args) for c in cells)
-        get_reusable_executor().shutdown(wait=True)  # reap the workers: their peak RSS reaches RUSAGE_CHILDREN
+        time.sleep(0.05)  # one more poll of the workers' peak RSS
+        get_reusable_executor().shutdown(wait=True)
     else:
         import psweep as ps
 
@@ -345,9 +397,8 @@ def _measure(contender: str, spec_text: str, timeout: float) -> dict:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        code = ("import json, sys\nfrom pipeline.bench import _child, _peak_rss_mb\n"
-                f"r = _child({contender!r}, {spec_text!r}, {tmp!r})\n"
-                "c, w = _peak_rss_mb()\nprint(json.dumps(dict(r, client_rss_mb=c, worker_rss_mb=w)))\n")
+        code = ("import json\nfrom pipeline.bench import _child\n"
+                f"print(json.dumps(_child({contender!r}, {spec_text!r}, {tmp!r})))\n")
         env = os.environ | {"PYTHONWARNINGS": "ignore"}
         t0 = time.perf_counter()
         try:
@@ -373,7 +424,8 @@ def contenders_bench(big: bool = False, timeout: float = 300.0) -> dict:
             continue
         spec = parse_spec(text, "<bench>", output="unused.zarr")
         for c in who:
-            r = _measure(c, text, timeout)
+            limit = NUMPY_TINY_TIMEOUT if "numpy" in c and spec.walkers < 1000 else timeout
+            r = _measure(c, text, limit)
             r.update(workload=name, cells=spec.n_cells, walkers=spec.walkers, steps=list(spec.steps))
             rows.append(r)
     return dict(machine=dict(python=platform.python_version(), cores=os.cpu_count(),
@@ -385,7 +437,7 @@ def contenders_bench(big: bool = False, timeout: float = 300.0) -> dict:
 def format_contenders(result: dict) -> str:
     m = result["machine"]
     lines = [f"sweeps end to end on {m['cores']} cores (load average {m['load_average'][0]:.1f} at the end): "
-             "wall seconds, peak RSS MB client / largest worker process",
+             "wall seconds, peak RSS MB client / largest worker process ('-': none, threads in the client)",
              f"{'workload':<42} " + " ".join(f"{c:>27}" for c in CONTENDERS)]
     by = {}
     for r in result["rows"]:
@@ -399,7 +451,8 @@ def format_contenders(result: dict) -> str:
             elif "error" in r:
                 cells.append(r["error"][:27])
             else:
-                cells.append(f"{r['wall_seconds']:.1f} s {r['client_rss_mb']:.0f}/{r['worker_rss_mb']:.0f} MB")
+                w = f"{r['worker_rss_mb']:.0f}" if r["worker_rss_mb"] else "-"
+                cells.append(f"{r['wall_seconds']:.1f} s {r['client_rss_mb']:.0f}/{w} MB")
         lines.append(f"{w:<42} " + " ".join(f"{x:>27}" for x in cells))
     return "\n".join(lines)
 
