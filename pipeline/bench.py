@@ -308,64 +308,10 @@ def _vm_hwm_mb(pid: int) -> float:
     return 0.0
 
 
-class _ChildWatch:
-    """Largest peak RSS among this process's descendants, polled every 20 ms while it runs."""
-
-    def __init__(self):
-        import threading
-
-        self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        import psutil
-
-        me = psutil.Process()
-        while not self._stop.is_set():
-            for c in me.children(recursive=True):
-                self.peak = max(self.peak, _vm_hwm_mb(c.pid))
-            self._stop.wait(0.02)
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak RSS in MB (Linux: ru_maxrss in KB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _child(contender: str, spec_text: str, workdir: str) -> dict:
-    """Run one contender on one workload in this (fresh) process; cells and what it computed."""
+    """Run a Python contender (joblib, psweep) on one workload in this (fresh) process."""
     import os as _os
 
-    watch = _ChildWatch()
-    try:
-        out = _run_contender(contender, spec_text, workdir)
-    finally:
-        workers = watch.stop()
-    return dict(out, client_rss_mb=_peak_rss_mb(), worker_rss_mb=workers)
-
-
-def _run_contender(contender: str, spec_text: str, workdir: str) -> dict:
-    import os as _os
-
-    if contender == "escape-sweep run":
-        from .cli import main as cli_main
-
-        path = _os.path.join(workdir, "spec.toml")
-        with open(path, "w") as f:
-            f.write(spec_text)
-        rc = cli_main(["run", path, "-q", "-o", _os.path.join(workdir, "cube.zarr")])
-        if rc != 0:
-            raise RuntimeError(f"escape-sweep run exited {rc}")
-        return {}
     from .sweep.spec import parse_spec
 
     spec = parse_spec(spec_text, "<bench>", output=_os.path.join(workdir, "unused.zarr"))
@@ -378,7 +324,7 @@ def _run_contender(contender: str, spec_text: str, workdir: str) -> dict:
 
         fn = _simulate_cell if contender.endswith("simulate") else _numpy_cell
         out = Parallel(n_jobs=n)(delayed(fn)(*c, *args) for c in cells)
-        time.sleep(0.05)  # one more poll of the workers' peak RSS
+        time.sleep(0.1)  # one more poll of the workers' peak RSS before they go
         get_reusable_executor().shutdown(wait=True)
     else:
         import psweep as ps
@@ -391,25 +337,52 @@ def _run_contender(contender: str, spec_text: str, workdir: str) -> dict:
 
 def _measure(contender: str, spec_text: str, timeout: float) -> dict:
     """Wall time (a fresh interpreter to its exit, imports and start-up included) and peak RSS
-    (client = the process itself, workers = its largest child process) of one contender."""
+    (client = the process started, workers = the largest of its descendants, polled every 20 ms)
+    of one contender. `escape-sweep run` is the command itself, as a user types it."""
     import subprocess
     import sys
     import tempfile
 
+    import psutil
+
     with tempfile.TemporaryDirectory() as tmp:
-        code = ("import json\nfrom pipeline.bench import _child\n"
-                f"print(json.dumps(_child({contender!r}, {spec_text!r}, {tmp!r})))\n")
-        env = os.environ | {"PYTHONWARNINGS": "ignore"}
+        if contender == "escape-sweep run":
+            spec_path = os.path.join(tmp, "spec.toml")
+            with open(spec_path, "w") as f:
+                f.write(spec_text)
+            cmd = [sys.executable, "-m", "pipeline", "run", spec_path, "-q", "-o", os.path.join(tmp, "cube.zarr")]
+        else:
+            cmd = [sys.executable, "-c", "import json\nfrom pipeline.bench import _child\n"
+                   f"print(json.dumps(_child({contender!r}, {spec_text!r}, {tmp!r})))\n"]
+        import resource
+
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        try:
-            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                               env=env, cwd=tmp)
-        except subprocess.TimeoutExpired:
-            return dict(contender=contender, error=f"over {timeout:.0f} s (stopped)")
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp,
+                             env=os.environ | {"PYTHONWARNINGS": "ignore"})
+        client = workers = 0.0
+        proc = psutil.Process(p.pid)
+        while p.poll() is None:
+            if time.perf_counter() - t0 > timeout:
+                p.kill()
+                p.communicate()
+                return dict(contender=contender, error=f"over {timeout:.0f} s (stopped)")
+            client = max(client, _vm_hwm_mb(p.pid))
+            try:
+                for c in proc.children(recursive=True):
+                    workers = max(workers, _vm_hwm_mb(c.pid))
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+        out, err = p.communicate()
         wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        return dict(contender=contender, error=(r.stderr.strip().splitlines() or ["failed"])[-1][:200])
-    return dict(contender=contender, wall_seconds=wall, **json.loads(r.stdout.strip().splitlines()[-1]))
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the process and the descendants it reaped
+        cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    if p.returncode != 0:
+        return dict(contender=contender, error=(err.strip().splitlines() or ["failed"])[-1][:200])
+    extra = json.loads(out.strip().splitlines()[-1]) if contender != "escape-sweep run" else {}
+    return dict(contender=contender, wall_seconds=wall, cpu_seconds=cpu, client_rss_mb=client, worker_rss_mb=workers,
+                **extra)
 
 
 def contenders_bench(big: bool = False, timeout: float = 300.0) -> dict:
@@ -437,7 +410,7 @@ def contenders_bench(big: bool = False, timeout: float = 300.0) -> dict:
 def format_contenders(result: dict) -> str:
     m = result["machine"]
     lines = [f"sweeps end to end on {m['cores']} cores (load average {m['load_average'][0]:.1f} at the end): "
-             "wall seconds, peak RSS MB client / largest worker process ('-': none, threads in the client)",
+             "wall s, CPU s (user + sys), peak RSS MB client / largest worker process ('-': none, threads in the client)",
              f"{'workload':<42} " + " ".join(f"{c:>27}" for c in CONTENDERS)]
     by = {}
     for r in result["rows"]:
@@ -451,8 +424,8 @@ def format_contenders(result: dict) -> str:
             elif "error" in r:
                 cells.append(r["error"][:27])
             else:
-                w = f"{r['worker_rss_mb']:.0f}" if r["worker_rss_mb"] else "-"
-                cells.append(f"{r['wall_seconds']:.1f} s {r['client_rss_mb']:.0f}/{w} MB")
+                wk = f"{r['worker_rss_mb']:.0f}" if r["worker_rss_mb"] else "-"
+                cells.append(f"{r['wall_seconds']:.1f}s {r['cpu_seconds']:.0f}cpu {r['client_rss_mb']:.0f}/{wk}MB")
         lines.append(f"{w:<42} " + " ".join(f"{x:>27}" for x in cells))
     return "\n".join(lines)
 
