@@ -1,8 +1,11 @@
 """The (T, batch_size, depth, width) cell grid -> chunk-aligned tasks of a few seconds each.
 
-Task size: the bound of a cell's work is walkers x max(steps) walker-steps (every walker
-censored; escaping walkers only make it cheaper). A chunk holds as many cells as fit in
-`task_seconds` at KERNEL_RATE walker-steps/s, filling T first, then batch_size, depth, width.
+Task size: the bound of a cell's work is lanes x max(steps) walker-steps (every walker censored,
+walkers rounded up to the kernel's 64 lanes; escaping walkers only make it cheaper), times the
+step cost of its batch size, plus CELL_OVERHEAD seconds. A chunk holds as many cells as fit in
+`task_seconds` at KERNEL_RATE walker-steps/s -- at most `max_chunk_cells` (its counts stay under
+~16 MB, so huge grids make more chunks, not bigger ones) -- filling T first, then batch_size,
+depth, width; small grids are cut into at least two chunks per worker thread.
 A cell bigger than that is a chunk of its own, split into walker blocks whose additive counts
 the client sums. The steps axis is never split: every budget is read off one simulation.
 """
