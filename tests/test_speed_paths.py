@@ -162,3 +162,20 @@ def test_local_cluster_kind(monkeypatch):
     monkeypatch.setenv("ESCAPE_SWEEP_LOCAL", "fibres")
     with pytest.raises(InputError, match="ESCAPE_SWEEP_LOCAL"):
         local_processes(ClusterOptions())
+
+
+def test_bench_table_lists_every_contender_per_workload():
+    import os
+
+    from pipeline import bench
+
+    assert bench._vm_hwm_mb(os.getpid()) > 10  # this interpreter's peak RSS, from /proc
+    rows = [dict(workload="w", contender="escape-sweep run", wall_seconds=1.5, cpu_seconds=2.0, client_rss_mb=300.0,
+                 worker_rss_mb=0.0),
+            dict(workload="w", contender="joblib + pipeline.simulate", wall_seconds=2.5, cpu_seconds=4.0,
+                 client_rss_mb=80.0, worker_rss_mb=180.0),
+            dict(workload="w", contender="psweep + numpy", error="over 60 s (stopped)")]
+    text = bench.format_contenders(dict(machine=dict(cores=2, load_average=(1.0, 1.0, 1.0)), rows=rows))
+    line = text.splitlines()[-1]
+    assert line.startswith("w ") and "1.5s 2cpu 300/-MB" in line and "2.5s 4cpu 80/180MB" in line
+    assert "over 60 s" in line and line.rstrip().endswith("--")  # joblib + numpy was not run
