@@ -7,19 +7,19 @@ steps after escape. Each figure is the best of `repeats` timed calls after a war
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
-
-
-from .model.kernels import escape_steps
-from .model.landscape import find_pit
-from .model.reference import numpy_escape_steps, scalar_escape_steps
-from .sweep.task import cell_key, walker_steps
 
 IMPLEMENTATIONS = ("kernel", "scalar_numba", "numpy")
 
 
 def _time_one(impl: str, T, steps, B, pit, walkers, seed):
+    from .model.kernels import escape_steps
+    from .model.reference import numpy_escape_steps, scalar_escape_steps
+    from .model.simulate import cell_key
+    from .sweep.task import walker_steps
+
     if impl == "cuda":
         from .model.cuda import escape_steps as cuda_escape_steps
 
@@ -41,6 +41,8 @@ def measure(impl: str, T=0.01, steps=1000, batch_size=1, depth=1.0, width=0.1,
             min_seconds=0.3, repeats=3, seed=0) -> dict:
     """Walker-steps/s of one implementation: grow the walker count until a call takes
     `min_seconds`, then keep the best of `repeats` calls."""
+    from .model.landscape import find_pit
+
     pit = find_pit(depth, width)
     walkers = 256
     _time_one(impl, T, min(steps, 10), batch_size, pit, 64, seed)  # compile / warm up
@@ -171,7 +173,7 @@ def _grid_peak_rss(n_cells: int, walkers: int, store) -> dict:
     text = GRID_SPEC.format(walkers=walkers, nT=nT)
     code = (
         "import resource, sys, json\n"
-        "from pipeline.spec import parse_spec\nfrom pipeline.runner import RunOptions, run_sweep\n"
+        "from pipeline.sweep.spec import parse_spec\nfrom pipeline.sweep.runner import RunOptions, run_sweep\n"
         "from pipeline.deploy import ClusterOptions\n"
         f"spec = parse_spec({text!r}, '<bench-grid>', output={str(store)!r})\n"
         "s = run_sweep(spec, RunOptions(cluster=ClusterOptions(), progress=False))\n"
@@ -235,7 +237,207 @@ def format_sweep(r: dict) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- sweeps against the contenders
+CONTENDERS = ("escape-sweep run", "joblib + pipeline.simulate", "psweep + numpy", "joblib + numpy")
+
+SEED_POST_SPEC = """\
+name = "seed-post"
+seed = 20261122
+walkers = 20000
+[axes]
+T = { start = 0.005, stop = 0.06, num = 56 }
+steps = [100, 1000]
+batch_size = [1]
+depth = [1.0]
+width = [0.1]
+"""
+
+# (spec text, contenders measured): the numpy contenders take minutes on a million cells, and on
+# 1e5 tiny cells psweep + numpy is stopped after NUMPY_TINY_TIMEOUT seconds (the default stays ~3 min)
+NUMPY_TINY_TIMEOUT = 60.0
+WORKLOADS = {
+    "seed-post grid (56 cells x 20k walkers)": (SEED_POST_SPEC, CONTENDERS),
+    "1e5 tiny cells (64 walkers, steps [100])": (GRID_SPEC.format(walkers=64, nT=1000), CONTENDERS[:3]),
+    "1e6 tiny cells (64 walkers, steps [100])": (GRID_SPEC.format(walkers=64, nT=10000), CONTENDERS[:2]),
+}
+BIG = "1e6 tiny cells (64 walkers, steps [100])"
+
+
+def _cells(spec):
+    import itertools
+
+    return list(itertools.product(spec.T, spec.batch_size, spec.depth, spec.width))
+
+
+def _count(esc, steps):
+    """What each contender returns per cell: escaped walkers within each budget."""
+    import numpy as np
+
+    return [int(np.count_nonzero((esc > 0) & (esc <= s))) for s in steps]
+
+
+def _simulate_cell(T, B, d, w, steps, walkers, seed):
+    from . import simulate
+
+    return _count(simulate(T, max(steps), B, d, w, walkers, seed), steps)
+
+
+def _numpy_cell(T, B, d, w, steps, walkers, seed):
+    from .model.landscape import find_pit
+    from .model.reference import numpy_escape_steps
+
+    p = find_pit(d, w)
+    return _count(numpy_escape_steps(T, max(steps), B, d, w, p.w_start, p.w_barrier, walkers, seed), steps)
+
+
+def _psweep_cell(pset):
+    return dict(n_escaped=_numpy_cell(pset["T"], pset["batch_size"], pset["depth"], pset["width"], pset["steps"],
+                                      pset["walkers"], pset["seed"]))
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    """Peak RSS of a live process from /proc (Linux; 0 where unreadable). A fork that execs starts a
+    fresh count, unlike RUSAGE_CHILDREN, which charges every short helper (uname) the parent's RSS."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _child(contender: str, spec_text: str, workdir: str) -> dict:
+    """Run a Python contender (joblib, psweep) on one workload in this (fresh) process."""
+    import os as _os
+
+    from .sweep.spec import parse_spec
+
+    spec = parse_spec(spec_text, "<bench>", output=_os.path.join(workdir, "unused.zarr"))
+    cells = _cells(spec)
+    n = _os.cpu_count() or 1
+    args = (list(spec.steps), spec.walkers, spec.seed)
+    if contender.startswith("joblib"):
+        from joblib import Parallel, delayed
+        from joblib.externals.loky import get_reusable_executor
+
+        fn = _simulate_cell if contender.endswith("simulate") else _numpy_cell
+        out = Parallel(n_jobs=n)(delayed(fn)(*c, *args) for c in cells)
+        time.sleep(0.1)  # one more poll of the workers' peak RSS before they go
+        get_reusable_executor().shutdown(wait=True)
+    else:
+        import psweep as ps
+
+        params = [dict(T=c[0], batch_size=c[1], depth=c[2], width=c[3], steps=args[0], walkers=args[1], seed=args[2])
+                  for c in cells]
+        out = ps.run(_psweep_cell, params, poolsize=n, calc_dir=_os.path.join(workdir, "calc"))
+    return dict(results=len(out))
+
+
+def _measure(contender: str, spec_text: str, timeout: float) -> dict:
+    """Wall time (a fresh interpreter to its exit, imports and start-up included) and peak RSS
+    (client = the process started, workers = the largest of its descendants, polled every 20 ms)
+    of one contender. `escape-sweep run` is the command itself, as a user types it."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import psutil
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if contender == "escape-sweep run":
+            spec_path = os.path.join(tmp, "spec.toml")
+            with open(spec_path, "w") as f:
+                f.write(spec_text)
+            cmd = [sys.executable, "-m", "pipeline", "run", spec_path, "-q", "-o", os.path.join(tmp, "cube.zarr")]
+        else:
+            cmd = [sys.executable, "-c", "import json\nfrom pipeline.bench import _child\n"
+                   f"print(json.dumps(_child({contender!r}, {spec_text!r}, {tmp!r})))\n"]
+        import resource
+
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp,
+                             env=os.environ | {"PYTHONWARNINGS": "ignore"})
+        client = workers = 0.0
+        proc = psutil.Process(p.pid)
+        while p.poll() is None:
+            if time.perf_counter() - t0 > timeout:
+                p.kill()
+                p.communicate()
+                return dict(contender=contender, error=f"over {timeout:.0f} s (stopped)")
+            client = max(client, _vm_hwm_mb(p.pid))
+            try:
+                for c in proc.children(recursive=True):
+                    workers = max(workers, _vm_hwm_mb(c.pid))
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+        out, err = p.communicate()
+        wall = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the process and the descendants it reaped
+        cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    if p.returncode != 0:
+        return dict(contender=contender, error=(err.strip().splitlines() or ["failed"])[-1][:200])
+    extra = json.loads(out.strip().splitlines()[-1]) if contender != "escape-sweep run" else {}
+    return dict(contender=contender, wall_seconds=wall, cpu_seconds=cpu, client_rss_mb=client, worker_rss_mb=workers,
+                **extra)
+
+
+def contenders_bench(big: bool = False, timeout: float = 300.0) -> dict:
+    """Each workload computed by escape-sweep run and by the contenders, one after the other in
+    fresh processes on this machine, all cores each: wall time and peak RSS (client and workers)."""
+    from .sweep.spec import parse_spec
+
+    _measure("escape-sweep run", SEED_POST_SPEC.replace("56", "2"), timeout)  # fill the numba cache
+    rows = []
+    for name, (text, who) in WORKLOADS.items():
+        if name == BIG and not big:
+            continue
+        spec = parse_spec(text, "<bench>", output="unused.zarr")
+        for c in who:
+            limit = NUMPY_TINY_TIMEOUT if "numpy" in c and spec.walkers < 1000 else timeout
+            r = _measure(c, text, limit)
+            r.update(workload=name, cells=spec.n_cells, walkers=spec.walkers, steps=list(spec.steps))
+            rows.append(r)
+    return dict(machine=dict(python=platform.python_version(), cores=os.cpu_count(),
+                             processor=platform.processor() or platform.machine(),
+                             load_average=os.getloadavg()),
+                units="wall seconds from a fresh interpreter to exit; peak RSS in MB", rows=rows)
+
+
+def format_contenders(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"sweeps end to end on {m['cores']} cores (load average {m['load_average'][0]:.1f} at the end): "
+             "wall s, CPU s (user + sys), peak RSS MB client / largest worker process ('-': none, threads in the client)",
+             f"{'workload':<42} " + " ".join(f"{c:>27}" for c in CONTENDERS)]
+    by = {}
+    for r in result["rows"]:
+        by.setdefault(r["workload"], {})[r["contender"]] = r
+    for w, rs in by.items():
+        cells = []
+        for c in CONTENDERS:
+            r = rs.get(c)
+            if r is None:
+                cells.append("--")
+            elif "error" in r:
+                cells.append(r["error"][:27])
+            else:
+                wk = f"{r['worker_rss_mb']:.0f}" if r["worker_rss_mb"] else "-"
+                cells.append(f"{r['wall_seconds']:.1f}s {r['cpu_seconds']:.0f}cpu {r['client_rss_mb']:.0f}/{wk}MB")
+        lines.append(f"{w:<42} " + " ".join(f"{x:>27}" for x in cells))
+    return "\n".join(lines)
+
+
 def main(args) -> int:
+    if getattr(args, "sweep", False) and not getattr(args, "scaling", False):
+        result = contenders_bench(big=getattr(args, "big", False))
+        if getattr(args, "out", None):
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=2)
+        print(json.dumps(result, indent=2) if args.json else format_contenders(result))
+        return 0
     if getattr(args, "sweep", False):
         result = sweep_bench(seconds=args.sweep_seconds, grid_cells=args.grid_cells)
         print(json.dumps(result, indent=2) if args.json else format_sweep(result))

@@ -489,7 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64], help="batch sizes (default 1 8 64)")
     b.add_argument("--min-seconds", type=float, default=0.3, help="minimum time of one timed call")
     b.add_argument("--sweep", action="store_true",
-                   help="sweep scaling 1 vs 2 workers, steps-axis cost, start-up, large-grid client memory")
+                   help="sweeps end to end against joblib / psweep contenders: wall time and peak RSS")
+    b.add_argument("--big", action="store_true", help="with --sweep: add the 1e6-cell grid")
+    b.add_argument("--out", help="with --sweep: also write the result as JSON to this file")
+    b.add_argument("--scaling", action="store_true",
+                   help="with --sweep: scaling 1 vs 2 workers, steps-axis cost, start-up, large-grid client memory")
     b.add_argument("--sweep-seconds", type=float, default=24.0, help="kernel seconds of the scaling sweep")
     b.add_argument("--grid-cells", type=int, default=100_000, help="cells of the large-grid run (0: skip)")
     b.set_defaults(func=_bench)

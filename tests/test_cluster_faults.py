@@ -62,7 +62,7 @@ def test_library_noise_goes_to_the_log_beside_the_store(tmp_path):
     f = write_spec(tmp_path, name="noisy", **KW)
     run = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(f), "--workers", "2", "--task-seconds", "0.5"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                           cwd=tmp_path, env=os.environ | {"ESCAPE_SWEEP_PROGRESS_SECONDS": "0.5"})
+                           cwd=tmp_path, env=os.environ | {"ESCAPE_SWEEP_PROGRESS_SECONDS": "0.5", "ESCAPE_SWEEP_LOCAL": "processes"})
     lines = []
     try:
         for line in run.stderr:

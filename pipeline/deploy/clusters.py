@@ -51,26 +51,54 @@ class ClusterOptions:
     security: object | None = None  # distributed.Security or None
     jobqueue_config: str | None = None
     connect_timeout: str = "20s"
+    processes: bool | None = None  # local: worker processes (True), threads in this process (False), None: auto
+    work_seconds: float | None = None  # the runner's estimate of the sweep's work on one core (auto's input)
 
 
 # --------------------------------------------------------------------------- local
 
 
+LOCAL_ENV = "ESCAPE_SWEEP_LOCAL"  # "threads" or "processes": force the local cluster's kind
+THREADS_BELOW_SECONDS = 60.0  # auto: a sweep under this much estimated one-core work runs on threads
+
+
+def local_processes(opts: ClusterOptions) -> bool:
+    """Whether the local cluster runs worker processes: `opts.processes` if set, else $ESCAPE_SWEEP_LOCAL,
+    else processes only for sweeps estimated at THREADS_BELOW_SECONDS or more of one-core work (or of
+    unknown size). The kernels release the GIL, so threads in this process compute as fast, and skip
+    1-2 s of worker start-up and imports; processes keep long sweeps isolated (a worker's memory, a
+    crash) and are what fault tests kill (they pass --scheduler or ESCAPE_SWEEP_LOCAL=processes)."""
+    if opts.processes is not None:
+        return bool(opts.processes)
+    kind = os.environ.get(LOCAL_ENV, "").strip().lower()
+    if kind in ("threads", "processes"):
+        return kind == "processes"
+    if kind:
+        raise InputError(f"{LOCAL_ENV}={kind!r}: expected 'threads' or 'processes'")
+    return opts.work_seconds is None or opts.work_seconds >= THREADS_BELOW_SECONDS
+
+
 def local_cluster(opts: ClusterOptions):
-    """One worker process per core, one thread each; scheduler, workers and dashboard on
-    127.0.0.1 only (workers have no dashboard); tls:// addresses when `opts.security` asks."""
+    """One worker process per core, one thread each -- or, for small sweeps (`local_processes`), one
+    worker of one thread per core inside this process; scheduler, workers and dashboard on 127.0.0.1
+    only (workers have no dashboard); tls:// addresses when `opts.security` asks."""
     from distributed import LocalCluster
 
     n = opts.n_workers or os.cpu_count() or 1
     protocol = "tls://" if uses_tls(opts.security) else "tcp://"
+    if local_processes(opts):
+        kw = dict(n_workers=n, threads_per_worker=1, processes=True, protocol=protocol, host=LOOPBACK,
+                  scheduler_port=0)
+    elif uses_tls(opts.security):
+        kw = dict(n_workers=1, threads_per_worker=n, processes=False, protocol=protocol, host=LOOPBACK,
+                  scheduler_port=0)
+    else:  # in-process transport: no socket at all (results are handed over, not serialized)
+        kw = dict(n_workers=1, threads_per_worker=n, processes=False, protocol="inproc://")
     with _workers_ignore_sigint(), warnings.catch_warnings():
         # "Port 8787 is already in use ... instead": the link printed at start is the real one
         warnings.filterwarnings("ignore", message=r"Port \d+ is already in use")
-        return LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, host=LOOPBACK, protocol=protocol,
-            dashboard_address=DEFAULT_DASHBOARD, scheduler_port=0, security=opts.security,
-            worker_dashboard_address=None,
-        )
+        return LocalCluster(dashboard_address=DEFAULT_DASHBOARD, security=opts.security,
+                            worker_dashboard_address=None, **kw)
 
 
 def local_cuda_cluster(opts: ClusterOptions):

@@ -127,7 +127,8 @@ def escape_steps(T, steps, batch_size, depth, width, start, barrier, key, first,
     W <- W - T (g0(W) + (k / B) gpit(W)), with k = popcount of B fresh random bits.
 
     LANES walkers step together in rounds of K steps (K a multiple of the steps one random word
-    feeds, so every lane draws its words at the same moments and the loop stays branch-free).
+    feeds, so every lane draws its words at the same moments and the loop stays branch-free); the
+    last round is cut to the budget when no busy lane's walker would step past it.
     After each round, lanes whose walker escaped or used up the budget take the next walker, so
     a slow walker never holds the others back.
     """
@@ -163,8 +164,22 @@ def escape_steps(T, steps, batch_size, depth, width, start, barrier, key, first,
             state[j] = walker_state(key, first + nxt)
             nxt += 1
             active += 1
+    # |step| <= T * 0.86 * (1 + depth / width): with these bounds W stays finite forever, so a walker
+    # can only be DIVERGED at T ~ 1e300-style inputs; only there must a round run to its end (below)
+    can_cut = T < 1e50 and depth * inv_w < 1e50 and inv_w < 1e50
     while active > 0:
-        for t in range(K):
+        # a round is K steps, or fewer when every busy lane's walker reaches its budget within it:
+        # then no lane carries on past the round, so no random word is split and no step is wasted.
+        # (A walker not escaped is DIVERGED if W is not finite at the end of its last whole round:
+        # where W provably stays finite, cutting that round changes nothing.)
+        R = K
+        if can_cut:
+            R = 0
+            for j in range(LANES):
+                if wid[j] >= 0:
+                    R = max(R, steps - done_steps[j])
+            R = min(R, K)
+        for t in range(R):
             if nwords == 1:
                 if t % per_word == 0:
                     for j in range(LANES):
@@ -194,7 +209,7 @@ def escape_steps(T, steps, batch_size, depth, width, start, barrier, key, first,
                 s = done_steps[j] + t + 1
                 esc[j] = s if (esc[j] < 0) & (xn > barrier) & (s <= steps) else esc[j]
         for j in range(LANES):
-            done_steps[j] += K
+            done_steps[j] += R
             if wid[j] >= 0 and (esc[j] >= 0 or done_steps[j] >= steps):
                 e = esc[j]
                 if e < 0 and not np.isfinite(w[j]):
@@ -211,3 +226,62 @@ def escape_steps(T, steps, batch_size, depth, width, start, barrier, key, first,
                 esc[j] = NOT_ESCAPED
                 done_steps[j] = 0
     return out
+
+
+@njit(cache=True, nogil=True)
+def summarize_into(esc, budgets, edges, c, n_diverged, n_escaped, exposure, hist):
+    """Add one cell's walkers (esc, from escape_steps) into row c of the additive counts; return the
+    walker-steps simulated, sum of min(escape step, max budget) (censored and diverged: the budget).
+
+    n_escaped[c, s] = #(1 <= esc <= budgets[s]); exposure[c, s] = sum min(esc, budgets[s]) over the
+    non-diverged walkers; hist[c, i] = #(edges[i] <= esc < edges[i+1]). No sort, no np.histogram."""
+    nb = budgets.size
+    nh = edges.size - 1
+    smax = 0
+    for s in range(nb):
+        smax = max(smax, budgets[s])
+    ws = 0
+    for i in range(esc.size):
+        e = esc[i]
+        if e > 0:
+            ws += min(e, smax)
+            for s in range(nb):
+                b = budgets[s]
+                if e <= b:
+                    n_escaped[c, s] += 1
+                    exposure[c, s] += e
+                else:
+                    exposure[c, s] += b
+            if nh > 0 and edges[0] <= e < edges[nh]:
+                hist[c, np.searchsorted(edges, e, side="right") - 1] += 1
+        else:
+            ws += smax
+            if e == DIVERGED:
+                n_diverged[c] += 1
+            else:
+                for s in range(nb):
+                    exposure[c, s] += budgets[s]
+    return ws
+
+
+@njit(cache=True, nogil=True)
+def run_cells(T, batch_size, depth, width, start, barrier, keys, first, count, budgets, edges):
+    """Walkers first .. first+count-1 of every cell (arrays over cells), summarized as they come:
+    (n_diverged[c], n_escaped[c, s], exposure[c, s], hist[c, i], walker_steps). One call per task,
+    no Python between cells and no GIL held, so worker threads run in parallel."""
+    n = T.size
+    nb = budgets.size
+    nh = max(edges.size - 1, 0)
+    smax = 0
+    for s in range(nb):
+        smax = max(smax, budgets[s])
+    n_diverged = np.zeros(n, np.int64)
+    n_escaped = np.zeros((n, nb), np.int64)
+    exposure = np.zeros((n, nb), np.int64)
+    hist = np.zeros((n, nh), np.int64)
+    ws = 0
+    for c in range(n):
+        esc = escape_steps(T[c], smax, batch_size[c], depth[c], width[c], start[c], barrier[c], keys[c],
+                           first, count)
+        ws += summarize_into(esc, budgets, edges, c, n_diverged, n_escaped, exposure, hist)
+    return n_diverged, n_escaped, exposure, hist, ws

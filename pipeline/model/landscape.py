@@ -9,6 +9,7 @@ maximum right of it (escape is the first step with W > barrier).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -94,6 +95,13 @@ def _sign_changes(depth: float, width: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def find_pit(depth: float, width: float) -> Pit:
+    """l1's pit for (depth, width), found once per process (`_find_pit`; ~5 ms of root finding,
+    so `simulate` per cell and every task of a sweep reuse it). ValueError as `_find_pit`."""
+    return _find_pit(check_positive("depth", depth), check_positive("width", width))
+
+
+@functools.lru_cache(maxsize=4096)
+def _find_pit(depth: float, width: float) -> Pit:
     """Locate l1's pit minimum near W = 1 and the local maximum right of it (brentq on g1).
 
     Raises ValueError naming depth and width when l1 has no such pit (e.g. a pit too shallow

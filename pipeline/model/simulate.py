@@ -33,6 +33,23 @@ def cell_key(seed: int, T: float, batch_size: int, depth: float, width: float) -
     return np.uint64(int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little"))
 
 
+def grid_keys(seed: int, T, batch_size, depth, width) -> np.ndarray:
+    """cell_key of every cell of the grid T x batch_size x depth x width (uint64, C order), bit for
+    bit: each value's text is made once, and per cell only one blake2b of a joined string (~1 us)."""
+    head = f"escape-sweep-v1|{int(seed)}|"
+    ts = [canonical(float(t)) for t in T]
+    cols = []
+    for b in batch_size:
+        for d in depth:
+            for w in width:
+                tail = f"|{int(b)}|{canonical(float(d))}|{canonical(float(w))}"
+                blob = b"".join(hashlib.blake2b((head + t + tail).encode(), digest_size=8).digest() for t in ts)
+                cols.append(np.frombuffer(blob, "<u8"))
+    if not cols or not ts:
+        return np.zeros(0, np.uint64)
+    return np.stack(cols, axis=1).reshape(-1).astype(np.uint64)
+
+
 def simulate(T, steps, batch_size, depth, width, walkers, seed, start=None, backend="cpu") -> np.ndarray:
     """Escape step of each walker of one cell: int64 array, -1 not escaped, -2 diverged.
 

@@ -1,8 +1,11 @@
 """The (T, batch_size, depth, width) cell grid -> chunk-aligned tasks of a few seconds each.
 
-Task size: the bound of a cell's work is walkers x max(steps) walker-steps (every walker
-censored; escaping walkers only make it cheaper). A chunk holds as many cells as fit in
-`task_seconds` at KERNEL_RATE walker-steps/s, filling T first, then batch_size, depth, width.
+Task size: the bound of a cell's work is lanes x max(steps) walker-steps (every walker censored,
+walkers rounded up to the kernel's 64 lanes; escaping walkers only make it cheaper), times the
+step cost of its batch size, plus CELL_OVERHEAD seconds. A chunk holds as many cells as fit in
+`task_seconds` at KERNEL_RATE walker-steps/s -- at most `max_chunk_cells` (its counts stay under
+~16 MB, so huge grids make more chunks, not bigger ones) -- filling T first, then batch_size,
+depth, width; small grids are cut into at least two chunks per worker thread.
 A cell bigger than that is a chunk of its own, split into walker blocks whose additive counts
 the client sums. The steps axis is never split: every budget is read off one simulation.
 """
@@ -18,7 +21,7 @@ import numpy as np
 from ..model.axes import samples, solves
 from ..model.kernels import LANES
 from .spec import Spec
-from .task import Cell, Task
+from .task import Cell, Task, grid_of
 
 KERNEL_RATE = 4e8  # walker-steps/s of one core (escape-sweep bench: ~5e8 at batch <= 64)
 DEFAULT_TASK_SECONDS = 2.0
@@ -50,19 +53,48 @@ def markov_cell_cost(spec: Spec) -> float:
     return float(solver_seconds(spec).max(initial=0.0)) * KERNEL_RATE
 
 
+CELL_OVERHEAD = 2e-6  # s per cell beyond its kernel work: stream key, summary, result (measured ~1-2 us)
+MAX_RESULT_BYTES = 16e6  # a task's returned counts stay under ~16 MB: caps the cells of a chunk
+
+
+def batch_cost(batch_size: int) -> float:
+    """Cost of one step at batch size B relative to B <= 64 (measured: B = 65 and 128 ~2x, 256 ~2.2x,
+    1024 ~4.2x: above 64 the kernel leaves its vector loop and draws ceil(B / 64) words per step)."""
+    words = Spec.batch_words(batch_size)
+    return 1.0 if words == 1 else 1.75 + 0.15 * words
+
+
 def cell_cost(spec: Spec) -> float:
-    """Work of the costliest cell in walker-step units: walkers x max(steps) rounded up to the
-    kernel's rounds of 64 x random words per step of the largest batch, plus the exact solve."""
-    mc = spec.walkers * spec.cost_steps * spec.batch_words(max(spec.batch_size)) if samples(spec.method) else 0
+    """Work of the costliest cell in walker-step units: walkers rounded up to the kernel's LANES
+    (a one-walker cell steps 64 lanes) x max(steps) (the last round stops at the budget) x the step
+    cost of the largest batch, plus the exact solve."""
+    lanes = -(-spec.walkers // LANES) * LANES
+    mc = lanes * spec.max_steps * batch_cost(max(spec.batch_size)) if samples(spec.method) else 0
     return mc + (markov_cell_cost(spec) if solves(spec.method) else 0)
 
 
+def cell_seconds(spec: Spec, rate: float = KERNEL_RATE) -> float:
+    """Estimated seconds of the costliest cell on one worker thread: kernel work plus CELL_OVERHEAD."""
+    return cell_cost(spec) / rate + CELL_OVERHEAD
+
+
+def max_chunk_cells(spec: Spec) -> int:
+    """Most cells in one chunk: its counts (int64 per cell: n_walkers, n_diverged, n_escaped and
+    exposure per budget, hist per bin) stay under MAX_RESULT_BYTES, so chunks grow in number, not
+    in size, with the grid and every task's memory is bounded."""
+    per_cell = 8 * (2 + 2 * len(spec.steps) + len(spec_edges(spec)))
+    return max(1, int(MAX_RESULT_BYTES // per_cell))
+
+
 def chunk_shape(spec: Spec, task_seconds: float = DEFAULT_TASK_SECONDS,
-                min_chunks: int = MIN_CHUNKS, rate: float = KERNEL_RATE) -> tuple[int, int, int, int]:
-    """Cells per chunk along (T, batch_size, depth, width): about `task_seconds` of kernel work,
-    but small grids are still cut into about `min_chunks` chunks so every worker gets some."""
-    per_cell = cell_cost(spec)
-    budget = max(1, int(task_seconds * rate // per_cell))
+                min_chunks: int = MIN_CHUNKS, rate: float = KERNEL_RATE,
+                threads: int | None = None) -> tuple[int, int, int, int]:
+    """Cells per chunk along (T, batch_size, depth, width): about `task_seconds` of work (kernel
+    plus per-cell overhead), at most `max_chunk_cells`, but small grids are still cut into about
+    max(`min_chunks`, 2 x `threads`) chunks so every worker thread gets some."""
+    budget = max(1, int(task_seconds / cell_seconds(spec, rate)))
+    budget = min(budget, max_chunk_cells(spec))
+    min_chunks = max(min_chunks, 2 * (threads or 0))
     budget = min(budget, max(1, math.ceil(spec.n_cells / min_chunks)))
     if samples(spec.method) and spec.walkers > MAX_BLOCK_WALKERS:
         budget = 1  # a cell too big for one task's memory: a chunk of its own, split into walker blocks
@@ -111,7 +143,7 @@ def walker_blocks(spec: Spec, chunk: tuple[int, int, int, int], task_seconds: fl
     Blocks are multiples of the kernel's lane count so no lanes are padded except in the last."""
     if math.prod(chunk) > 1 or not samples(spec.method):
         return WalkerBlocks(spec.walkers, spec.walkers)
-    per_walker = spec.cost_steps * spec.batch_words(max(spec.batch_size))
+    per_walker = spec.max_steps * batch_cost(max(spec.batch_size))
     n = max(1, math.ceil(spec.walkers * per_walker / (task_seconds * rate)),
             math.ceil(spec.walkers / MAX_BLOCK_WALKERS))
     size = max(LANES, math.ceil(spec.walkers / n / LANES) * LANES)
@@ -184,10 +216,14 @@ def tasks_for_chunk(spec: Spec, chunks, index, pits, task_seconds=DEFAULT_TASK_S
                     backend: str = "cpu") -> ChunkTasks:
     """The task(s) computing one chunk: one, or one per walker block for a one-cell chunk."""
     sl = chunk_slices(spec, chunks, index)
-    cells = chunk_cells(spec, sl, pits)
     shape = tuple(s.stop - s.start for s in sl)
     edges = tuple(int(e) for e in spec_edges(spec))
     blocks = walker_blocks(spec, chunks, task_seconds, kernel_rate(backend))
-    common = dict(chunk=tuple(index), shape=shape, cells=tuple(cells), budgets=spec.steps, edges=edges,
+    if solves(spec.method):  # the exact solver reads Cell objects (and its chunks are small)
+        cells, grid = tuple(chunk_cells(spec, sl, pits)), None
+    else:  # axis values only: the worker makes the cells (a chunk may hold 1e5 of them)
+        cells = ()
+        grid = grid_of(*(getattr(spec, a)[s] for a, s in zip(("T", "batch_size", "depth", "width"), sl)), pits)
+    common = dict(chunk=tuple(index), shape=shape, cells=cells, grid=grid, budgets=spec.steps, edges=edges,
                   seed=spec.seed, method=spec.method, backend=backend)
     return ChunkTasks(common, blocks)

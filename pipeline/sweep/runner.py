@@ -203,7 +203,8 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output=None, yes:
         chunks = check_store(spec, st, opts)
         fresh = chunks is None
         if fresh:
-            chunks = partition.chunk_shape(spec, opts.task_seconds, rate=partition.kernel_rate(opts.backend))
+            chunks = partition.chunk_shape(spec, opts.task_seconds, rate=partition.kernel_rate(opts.backend),
+                                           threads=local_threads(opts))
             done = np.zeros(partition.chunk_grid(spec, chunks), bool)
         else:
             if opts.repair:
@@ -216,7 +217,7 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output=None, yes:
         if pending:
             planner = StaticPlanner(spec, chunks, pending, opts.task_seconds, backend=opts.backend)
             route_library_output(opts.library_log)
-            with open_client(opts.cluster) as client:
+            with open_client(sized_cluster(spec, opts)) as client:
                 submit_kw = backend_submit_options(client, opts)
                 if fresh:
                     st.create(spec, chunks, partition.spec_edges(spec), partition.chunk_grid(spec, chunks))
@@ -252,7 +253,8 @@ def _grow(spec: Spec, st: store.Store, growth: dict, opts: RunOptions, target=No
     if made:
         chunks, done = tuple(bst.attrs()["chunk_shape"]), bst.done_mask()
     else:
-        chunks = partition.chunk_shape(spec, opts.task_seconds, rate=partition.kernel_rate(opts.backend))
+        chunks = partition.chunk_shape(spec, opts.task_seconds, rate=partition.kernel_rate(opts.backend),
+                                       threads=local_threads(opts))
         done = np.zeros(partition.chunk_grid(spec, chunks), bool)
     pending = list(zip(*np.nonzero(~done)))
     summary = Summary(path=str(st.where), cells=spec.n_cells, walkers=spec.n_cells * spec.walkers,
@@ -269,7 +271,7 @@ def _grow(spec: Spec, st: store.Store, growth: dict, opts: RunOptions, target=No
                                backend=opts.backend)
     if pending:
         route_library_output(opts.library_log)
-        with open_client(opts.cluster) as client:
+        with open_client(sized_cluster(spec, opts)) as client:
             submit_kw = backend_submit_options(client, opts)
             if not made:
                 bst.create(spec, chunks, partition.spec_edges(spec), partition.chunk_grid(spec, chunks))
@@ -354,6 +356,20 @@ def refine_store(where, ropts, opts: RunOptions | None = None) -> list[dict]:
 
 
 LOCAL_CLUSTERS = ("local", "local-cuda")  # embedded clusters: their workers run on this host
+
+
+def local_threads(opts: RunOptions) -> int | None:
+    """Worker threads of the embedded local cluster (chunk_shape cuts at least two tasks per thread);
+    None for other clusters (their size is not known before connecting)."""
+    if opts.cluster.scheduler or opts.cluster.cluster != "local":
+        return None
+    return opts.cluster.n_workers or os.cpu_count() or 1
+
+
+def sized_cluster(spec: Spec, opts: RunOptions) -> ClusterOptions:
+    """The cluster options with the sweep's estimated one-core work (seconds), from which the local
+    cluster chooses threads (small sweeps) or processes (clusters.local_processes)."""
+    return replace(opts.cluster, work_seconds=spec.n_cells * partition.cell_seconds(spec, partition.kernel_rate(opts.backend)))
 
 
 def check_backend(opts: RunOptions) -> None:

@@ -6,6 +6,7 @@ This is the seam between orchestration and physics: the runner hands `run_task` 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -13,8 +14,8 @@ import numpy as np
 
 from ..model import backends
 from ..model.axes import samples, solves
-from ..model.kernels import DIVERGED
-from ..model.simulate import cell_key
+from ..model.kernels import DIVERGED, run_cells, summarize_into  # noqa: F401  (DIVERGED re-exported)
+from ..model.simulate import cell_key, grid_keys
 
 
 # The additive counts a task returns per cell: summing them over walker blocks gives the cell's
@@ -25,7 +26,7 @@ COUNTS = ("n_walkers", "n_diverged", "n_escaped", "exposure", "hist")
 def walker_steps(esc: np.ndarray, steps: int) -> int:
     """Walker-steps actually simulated: sum of min(escape step, budget) (censored count the budget)."""
     esc = np.asarray(esc)
-    return int(np.where(esc > 0, np.minimum(esc, steps), steps).sum())
+    return int(np.minimum(np.where(esc > 0, esc, steps), steps).sum())
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,36 @@ class Task:
     n_blocks: int = 1
     method: str = "montecarlo"  # one of axes.METHODS
     backend: str = "cpu"  # a name from model.backends (or "auto": cuda where the worker has a GPU); never changes the numbers
+    # the chunk's cells as axis values instead of Cell objects (cells == ()): (T, batch_size, depth,
+    # width, w_start, w_barrier), the last two over (depth, width) in C order. A chunk of 1e5 cells
+    # pickles as a few arrays, and the worker makes the cells itself.
+    grid: tuple | None = None
+
+
+def grid_of(T, batch_size, depth, width, pits) -> tuple:
+    """Task.grid for the cells T x batch_size x depth x width; pits maps (depth, width) -> Pit."""
+    ps = [pits[(d, w)] for d in depth for w in width]
+    return (np.asarray(T, np.float64), np.asarray(batch_size, np.int64), np.asarray(depth, np.float64),
+            np.asarray(width, np.float64), np.array([p.w_start for p in ps]), np.array([p.w_barrier for p in ps]))
+
+
+def cell_arrays(task: Task) -> dict:
+    """The task's cells as arrays (C order over the chunk): T, batch_size, depth, width, w_start,
+    w_barrier, key (the cell's stream, simulate.cell_key) and flat (its index in the chunk, raveled)."""
+    if task.grid is not None:
+        T, B, D, W, ws, wb = task.grid
+        nT, nB, nD, nW = len(T), len(B), len(D), len(W)
+        iT, iB, iD, iW = (i.ravel() for i in np.indices((nT, nB, nD, nW)))
+        pit = iD * nW + iW
+        return dict(T=T[iT], batch_size=B[iB], depth=D[iD], width=W[iW], w_start=ws[pit], w_barrier=wb[pit],
+                    key=grid_keys(task.seed, T, B, D, W), flat=np.ravel_multi_index((iT, iB, iD, iW), task.shape))
+    cs = task.cells
+    return dict(T=np.array([c.T for c in cs], np.float64), batch_size=np.array([c.batch_size for c in cs], np.int64),
+                depth=np.array([c.depth for c in cs], np.float64), width=np.array([c.width for c in cs], np.float64),
+                w_start=np.array([c.w_start for c in cs], np.float64),
+                w_barrier=np.array([c.w_barrier for c in cs], np.float64),
+                key=np.array([cell_key(task.seed, c.T, c.batch_size, c.depth, c.width) for c in cs], np.uint64),
+                flat=np.array([np.ravel_multi_index(c.index, task.shape) for c in cs], np.int64).reshape(-1))
 
 
 
@@ -67,15 +98,13 @@ def summarize(esc: np.ndarray, budgets, edges) -> dict:
     hist[i] = #(edges[i] <= esc < edges[i+1]).
     """
     budgets = np.asarray(budgets, np.int64)
-    ok = esc != DIVERGED
-    escaped = np.sort(esc[esc > 0])
-    n_ok = int(ok.sum())
-    n_esc = np.searchsorted(escaped, budgets, side="right")
-    csum = np.concatenate([[0], np.cumsum(escaped)])
-    exposure = csum[n_esc] + (n_ok - n_esc) * budgets
-    hist = np.histogram(escaped, bins=np.asarray(edges))[0] if len(edges) > 1 else np.zeros(0, np.int64)
-    return dict(n_walkers=esc.size, n_diverged=esc.size - n_ok, n_escaped=n_esc.astype(np.int64),
-                exposure=exposure.astype(np.int64), hist=hist.astype(np.int64))
+    edges = np.asarray(edges, np.int64)
+    esc = np.ascontiguousarray(esc, np.int64)
+    nb, nh = budgets.size, max(edges.size - 1, 0)
+    n_div, n_esc, exposure, hist = (np.zeros(1, np.int64), np.zeros((1, nb), np.int64),
+                                    np.zeros((1, nb), np.int64), np.zeros((1, nh), np.int64))
+    summarize_into(esc, budgets, edges, 0, n_div, n_esc, exposure, hist)
+    return dict(n_walkers=esc.size, n_diverged=int(n_div[0]), n_escaped=n_esc[0], exposure=exposure[0], hist=hist[0])
 
 
 def run_task(task: Task) -> dict:
@@ -98,17 +127,9 @@ def run_task(task: Task) -> dict:
     )
     smax = max(task.budgets)
     if samples(task.method):
-        escape_steps = backends.get_kernel(out["backend"])
-        for c in task.cells:
-            key = cell_key(task.seed, c.T, c.batch_size, c.depth, c.width)
-            t0 = time.perf_counter()
-            esc = escape_steps(c.T, smax, c.batch_size, c.depth, c.width, c.w_start, c.w_barrier,
-                               key, task.walker_start, task.walker_count)
-            out["kernel_seconds"] += time.perf_counter() - t0
-            s = summarize(esc, task.budgets, task.edges)
-            for name in COUNTS:
-                out[name][c.index] = s[name]
-            out["walker_steps"] += walker_steps(esc, smax)
+        t0 = time.perf_counter()
+        _sample(task, out, smax)
+        out["kernel_seconds"] += time.perf_counter() - t0
     if solves(task.method) and task.block == 0:
         from ..model.markov import markov_cell
 
@@ -125,6 +146,40 @@ def run_task(task: Task) -> dict:
             out["markov_p_escape"][c.index] = r.p_escape
         out["kernel_seconds"] += time.perf_counter() - t0
     return out
+
+
+def _sample(task: Task, out: dict, smax: int) -> None:
+    """Monte Carlo counts of every cell of the task into `out` (flat over the chunk). The cpu
+    backend runs all cells in one nogil numba call (kernels.run_cells: no Python per cell); other
+    backends call their kernel per cell and summarize in numba."""
+    a = cell_arrays(task)
+    n = a["T"].size
+    if n == 0:
+        return
+    budgets = np.asarray(task.budgets, np.int64)
+    edges = np.asarray(task.edges, np.int64)
+    nb, nh = budgets.size, max(edges.size - 1, 0)
+    if out["backend"] == "cpu":
+        n_div, n_esc, exposure, hist, ws = run_cells(a["T"], a["batch_size"], a["depth"], a["width"], a["w_start"],
+                                                     a["w_barrier"], a["key"], task.walker_start, task.walker_count,
+                                                     budgets, edges)
+    else:
+        escape_steps = backends.get_kernel(out["backend"])
+        n_div, n_esc, exposure, hist = (np.zeros(n, np.int64), np.zeros((n, nb), np.int64),
+                                        np.zeros((n, nb), np.int64), np.zeros((n, nh), np.int64))
+        ws = 0
+        for c in range(n):
+            esc = escape_steps(float(a["T"][c]), smax, int(a["batch_size"][c]), float(a["depth"][c]),
+                               float(a["width"][c]), float(a["w_start"][c]), float(a["w_barrier"][c]), a["key"][c],
+                               task.walker_start, task.walker_count)
+            ws += summarize_into(np.ascontiguousarray(esc, np.int64), budgets, edges, c, n_div, n_esc, exposure, hist)
+    flat, ncell = a["flat"], math.prod(task.shape)
+    out["n_walkers"].reshape(ncell)[flat] = task.walker_count
+    out["n_diverged"].reshape(ncell)[flat] = n_div
+    out["n_escaped"].reshape(ncell, nb)[flat] = n_esc
+    out["exposure"].reshape(ncell, nb)[flat] = exposure
+    out["hist"].reshape(ncell, nh)[flat] = hist
+    out["walker_steps"] += int(ws)
 
 
 def task_done(result) -> None:
