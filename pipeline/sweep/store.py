@@ -432,6 +432,7 @@ class _Block:
     def __init__(self, bidx, gsl, csl, regions, data, rec, missing):
         self.bidx, self.gsl, self.csl, self.regions = bidx, gsl, csl, regions
         self.data, self.rec, self.missing = data, rec, missing
+        self.new = []  # (index, slices, counts) of chunks whose variables are not derived yet
         self.dirty = False
         self.nbytes = sum(a.nbytes for a in data.values()) + sum(a.nbytes for a in rec.values())
 
@@ -484,26 +485,18 @@ class ChunkWriter:
         bidx = tuple(i // b for i, b in zip(index, self.block))
         blk = self.open.get(bidx) or self._open(bidx)
         self.open.move_to_end(bidx)
-        rel = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(slices, blk.csl))
-        written = {}
-        for name, (region, arr) in cube.regions(rel, cube.derived(counts, self.edges, self.method)).items():
-            buf = blk.data[name]
-            written[name] = np.asarray(arr, dtype=buf.dtype)
-            buf[region] = written[name]
-        at = tuple(i - s.start for i, s in zip(index, blk.gsl))
         name = "+".join(sorted(set(backends)))
         if name not in self.codes:
             self.codes.append(name)
             self.st.guard()
             self.rec["backend"].attrs["codes"] = self.codes
+        at = tuple(i - s.start for i, s in zip(index, blk.gsl))
         rec = blk.rec
         rec["backend"][at] = self.codes.index(name)
-        if "digest" in rec:  # stores made before digests have none
-            rec["digest"][at] = chunk_digest(index, written)
         rec["finished_at"][at] = time.time()
         if "walkers" in rec:  # stores made before the walker record have none
             rec["walkers"][at] = walkers
-        rec["done"][at] = 1
+        blk.new.append((index, tuple(slices), counts))
         blk.dirty = True
         blk.missing.discard(index)
         if not blk.missing:
@@ -560,7 +553,41 @@ class ChunkWriter:
         self.open_bytes += blk.nbytes
         return blk
 
+    def _derive(self, blk: _Block) -> None:
+        """The cube variables, digest and `done` of the block's new chunks, in one vectorised
+        `cube.derived` call over their cells laid side by side (every variable is per cell, so the
+        values are those of one call per chunk)."""
+        if not blk.new:
+            return
+        shapes = [tuple(s.stop - s.start for s in sl) for _, sl, _ in blk.new]
+        sizes = [math.prod(sh) for sh in shapes]
+        first = blk.new[0][2]
+        keys = [k for k, v in first.items() if isinstance(v, np.ndarray) and v.shape[:4] == shapes[0]]
+        flat = {k: np.concatenate([c[k].reshape((1, n, 1, 1) + c[k].shape[4:])
+                                   for (_, _, c), n in zip(blk.new, sizes)], axis=1) for k in keys}
+        allv = cube.derived(flat, self.edges, self.method)
+        start = 0
+        for (index, slices, _), shape, n in zip(blk.new, shapes, sizes):
+            rel = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(slices, blk.csl))
+            written = {}
+            for name, v in allv.items():
+                buf = blk.data[name]
+                if v.ndim == 5 and name != "escape_hist":  # (1, budgets, cells, 1, 1) -> (cT, budgets, cB, cD, cW)
+                    w = np.moveaxis(v[0, :, start:start + n, 0, 0].reshape((v.shape[1],) + shape), 0, 1)
+                else:  # (1, cells, 1, 1[, bins]) -> (cT, cB, cD, cW[, bins])
+                    w = v[0, start:start + n, 0, 0].reshape(shape + v.shape[4:])
+                written[name] = np.asarray(w, dtype=buf.dtype)
+                region = cube.regions(rel, {name: None})[name][0]
+                buf[region] = written[name]
+            at = tuple(i - s.start for i, s in zip(index, blk.gsl))
+            if "digest" in blk.rec:  # stores made before digests have none
+                blk.rec["digest"][at] = chunk_digest(index, written)
+            blk.rec["done"][at] = 1
+            start += n
+        blk.new = []
+
     def _write(self, blk: _Block) -> None:
+        self._derive(blk)
         self.st.guard()
         for name, buf in blk.data.items():
             self.arrays[name][blk.regions[name]] = buf
