@@ -282,7 +282,8 @@ class Store:
     def write_chunk(self, index, slices, counts: dict, edges, method: str, walkers: int, group=None,
                     backends=("cpu",)) -> None:
         """Every variable of one chunk (slices along T, batch_size, depth, width), then its
-        completion record: the kernel backend(s) that computed it, the walkers it counts, the time, done."""
+        completion record: the kernel backend(s) that computed it, the walkers it counts, the time, done.
+        One chunk at a time, ~21 small writes (the path before `ChunkWriter`; `bench --scale`'s baseline)."""
         self.guard()
         g = group if group is not None else self.group()
         written = {}
