@@ -371,6 +371,10 @@ def _query(args) -> int:
 
 
 def _bench(args) -> int:
+    if getattr(args, "scale", False):
+        from . import scale
+
+        return scale.main(args)
     from . import bench
 
     return bench.main(args)
@@ -496,6 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --sweep: scaling 1 vs 2 workers, steps-axis cost, start-up, large-grid client memory")
     b.add_argument("--sweep-seconds", type=float, default=24.0, help="kernel seconds of the scaling sweep")
     b.add_argument("--grid-cells", type=int, default=100_000, help="cells of the large-grid run (0: skip)")
+    b.add_argument("--scale", action="store_true",
+                   help="many workers: the client's chunk results/s and store file count on 10,000 task chunks "
+                        "(vs one file per chunk), and simulated clusters of 4-32 sleeping workers "
+                        "(python -m pipeline.scale --help for the sizes)")
     b.set_defaults(func=_bench)
 
     from .analysis.commands import add_parsers

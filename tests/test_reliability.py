@@ -149,9 +149,12 @@ def test_overwrite_replaces_only_a_cube_and_is_never_abbreviated(tmp_path, capsy
         main(["status", str(junk), "--max", "3"])
 
 
-def test_damage_is_detected_by_status_verify_and_query_and_repaired(tmp_path, cluster1, capsys):
+def test_damage_is_detected_by_status_verify_and_query_and_repaired(tmp_path, cluster1, capsys, monkeypatch):
     from pipeline import run_sweep
 
+    # one storage chunk per task chunk, so each damaged file hits one chunk (test_store_scale.py
+    # damages a block of many)
+    monkeypatch.setenv("ESCAPE_SWEEP_STORE_BLOCK", "1")
     f = write_spec(tmp_path, walkers=300)  # 8 one-cell chunks over (T, batch_size)
     run_sweep(str(f), run_opts(cluster1))
     run_sweep(str(write_spec(tmp_path, name="ref", walkers=300)), run_opts(cluster1))

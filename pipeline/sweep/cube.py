@@ -1,10 +1,11 @@
 """The Zarr v3 layout of a sweep (DESIGN.md section 3): create, write a chunk, mark done, open.
 
 Data variables live on (T, steps, batch_size, depth, width); the escape-step histogram on
-(T, batch_size, depth, width, escape_step_bin); pit geometry on (depth, width). Completion
-records are the `progress/done` array (one element and one file per task chunk), written only
-after every variable of the chunk. Every chunk file is written atomically by zarr's LocalStore,
-so an interrupted run leaves whole chunks and a record of exactly which are complete.
+(T, batch_size, depth, width, escape_step_bin); pit geometry on (depth, width). A storage chunk
+covers a block of task chunks (all budgets); completion records are the `progress/*` arrays (one
+element per task chunk, one record chunk per block), written only after the block's data. Every
+chunk file is written atomically by zarr's LocalStore, so an interrupted run leaves whole
+blocks and a record of exactly which task chunks are complete.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ CELL_DIMS = CELL_AXES
 DIMS5 = AXES
 HIST_DIMS = CELL_AXES + ("escape_step_bin",)
 FORMAT = "escape-sweep-cube-1"
+# 1 (no attr): one storage chunk and one record element file per task chunk; 2: a storage chunk
+# (and a record chunk) per block of task chunks (`storage_block` attr), written whole by store.ChunkWriter
+STORE_LAYOUT = 2
 
 # name -> (dtype, long_name, units, description)
 VARIABLES = {
@@ -86,8 +90,11 @@ GEOMETRY = {
 }
 
 
-def skeleton(spec: Spec, chunks, edges, versions: dict, created: str):
-    """The empty cube of a spec as a lazy Dataset plus its Zarr encoding (DESIGN.md section 3)."""
+def skeleton(spec: Spec, chunks, edges, versions: dict, created: str, block=(1, 1, 1, 1)):
+    """The empty cube of a spec as a lazy Dataset plus its Zarr encoding (DESIGN.md section 3).
+
+    chunks: the task chunk (cells along T, batch_size, depth, width); block: task chunks per
+    storage chunk along the same axes (storage chunk = chunks * block cells, edges clipped)."""
     import dask.array as da
     import xarray as xr
 
@@ -103,7 +110,7 @@ def skeleton(spec: Spec, chunks, edges, versions: dict, created: str):
     ds["escape_step_bin"].attrs.update(long_name="escape-step bin index", units="1")
     ds["escape_step_lo"].attrs.update(long_name="escape-step bin start (inclusive)", units="steps")
     ds["escape_step_hi"].attrs.update(long_name="escape-step bin end (exclusive)", units="steps")
-    cT, cB, cD, cW = chunks
+    cT, cB, cD, cW = (c * b for c, b in zip(chunks, block))
     shape5 = (len(spec.T), len(spec.steps), len(spec.batch_size), len(spec.depth), len(spec.width))
     ch5 = (cT, len(spec.steps), cB, cD, cW)
     encoding = {}
@@ -116,7 +123,7 @@ def skeleton(spec: Spec, chunks, edges, versions: dict, created: str):
     if samples(spec.method) and solves(spec.method):
         extra.update(BOTH_VARIABLES)
     for name, (dims, dtype, ln, units, desc) in extra.items():
-        shape, ch = (shape5, ch5) if dims == DIMS5 else (spec.cell_shape, tuple(chunks))
+        shape, ch = (shape5, ch5) if dims == DIMS5 else (spec.cell_shape, (cT, cB, cD, cW))
         fill = False if dtype == "bool" else np.nan
         ds[name] = (dims, da.full(shape, fill, dtype=dtype, chunks=ch))
         ds[name].attrs.update(long_name=ln, units=units, description=desc)
@@ -140,7 +147,7 @@ def skeleton(spec: Spec, chunks, edges, versions: dict, created: str):
         format=FORMAT, name=spec.name, spec=spec.source, spec_file=spec.file, spec_hash=spec.content_hash,
         seed=spec.seed, walkers=spec.walkers, method=spec.method, model=MODEL_FORMULA,
         versions=json.dumps(versions), created=created, completed="",
-        chunk_shape=list(chunks), cell_dims=list(CELL_DIMS),
+        chunk_shape=list(chunks), cell_dims=list(CELL_DIMS), store_layout=STORE_LAYOUT, storage_block=list(block),
         determinism="walker i of a cell depends only on (seed, T, batch_size, depth, width, i)",
     )
     return ds, encoding

@@ -415,7 +415,7 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
     from distributed import as_completed
 
     edges = partition.spec_edges(spec)
-    group = st.group()
+    writer = st.writer(edges, spec.method)  # buffers chunks per storage block; closed (flushed) below
     cell_work = partition.cell_cost(spec)
     ncells = lambda slices: math.prod(sl.stop - sl.start for sl in slices)  # noqa: E731
     work = {tuple(i): ncells(partition.chunk_slices(spec, planner.chunks, i)) * cell_work for i in planner.pending}
@@ -459,8 +459,7 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
 
     def write(chunk) -> None:
         nonlocal done_work
-        st.write_chunk(chunk.index, chunk.slices, chunk.counts, edges, spec.method, chunk.walkers, group=group,
-                       backends=chunk.backends or ("carried over",))
+        writer.add(chunk.index, chunk.slices, chunk.counts, chunk.walkers, backends=chunk.backends or ("carried over",))
         summary.chunks_computed += 1
         done_work += work.get(tuple(chunk.index), 0.0)
 
@@ -487,6 +486,7 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
         progress.update(summary.chunks_computed, summary.walker_steps, done_work, force=True)
         summary.compute_seconds = time.perf_counter() - t_start
     finally:
+        writer.close()  # what is buffered is written and recorded, on an interrupt too
         _note_jobs(client, summary)
         progress.close()
 
