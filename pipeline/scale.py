@@ -47,7 +47,7 @@ def scale_spec(cells: int):
 def synthetic_result(task) -> dict:
     """What `run_task` returns for `task`, from random escape steps (seeded by the chunk and the
     block) instead of the kernel: real additive counts, consistent with each other."""
-    from .sweep.task import COUNTS, summarize
+    from .sweep.task import COUNTS, cell_arrays, summarize
 
     shape, nb, nh = task.shape, len(task.budgets), len(task.edges) - 1
     out = dict(chunk=task.chunk, block=task.block, n_walkers=np.zeros(shape, np.int64),
@@ -55,12 +55,13 @@ def synthetic_result(task) -> dict:
                exposure=np.zeros(shape + (nb,), np.int64), hist=np.zeros(shape + (nh,), np.int64),
                walker_steps=0, kernel_seconds=0.0, backend="cpu")
     rng = np.random.default_rng([*task.chunk, task.block])
-    for c in task.cells:
+    for flat in cell_arrays(task)["flat"]:
+        index = np.unravel_index(int(flat), shape)
         esc = rng.geometric(rng.uniform(1e-4, 1e-2), task.walker_count).astype(np.int64)
         esc[esc > max(task.budgets)] = 0
         s = summarize(esc, task.budgets, task.edges)
         for name in COUNTS:
-            out[name][c.index] = s[name]
+            out[name][index] = s[name]
         out["walker_steps"] += int(np.where(esc > 0, esc, max(task.budgets)).sum())
     return out
 

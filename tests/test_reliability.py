@@ -17,7 +17,8 @@ from pipeline.sweep import store as cubemod
 from pipeline.sweep.lock import lock_path
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = os.environ | {"PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT), "ESCAPE_SWEEP_LOCK_TIMEOUT": "1"}
+ENV = os.environ | {"PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT), "ESCAPE_SWEEP_LOCK_TIMEOUT": "1",
+                      "ESCAPE_SWEEP_FLUSH_SECONDS": "0"}  # every result written at once: these tests are about each write
 # a few seconds of kernel work on one worker, in tasks of ~0.2 s
 SLOW = dict(walkers=12000, T="{start = 0.006, stop = 0.009, num = 16}", steps="[100, 10000]", batch_size="[1]")
 

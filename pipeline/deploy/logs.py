@@ -10,6 +10,7 @@ another file, or "-" to leave everything on the terminal.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -45,6 +46,7 @@ def route_library_output(path: Path | None) -> Path | None:
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        created = not os.path.lexists(path)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as e:
         print(f"escape-sweep: note: cannot open {path} for library messages ({e.strerror}); they stay here",
@@ -64,5 +66,20 @@ def route_library_output(path: Path | None) -> Path | None:
 
     warnings.showwarning = to_log
     _ROUTED.append(path)
-    print(f"escape-sweep: messages of Dask and its libraries go to {path}", file=sys.stderr)
+    if created:
+        atexit.register(_remove_if_empty, path)
     return path
+
+
+def routed() -> Path | None:
+    """The log this process's library messages go to, if they were routed."""
+    return _ROUTED[0] if _ROUTED else None
+
+
+def _remove_if_empty(path: Path) -> None:
+    """A run that had nothing to say (or never connected) leaves no empty log behind."""
+    try:
+        if path.stat().st_size == 0 and not path.is_symlink():
+            path.unlink()
+    except OSError:
+        pass

@@ -19,7 +19,7 @@ import numpy as np
 from . import grow, partition, store
 from ..deploy import ClusterOptions, open_client
 from ..deploy.clusters import dashboard_link, job_counts
-from ..deploy.logs import route_library_output
+from ..deploy.logs import route_library_output, routed
 from ..errors import InputError, StoreMismatch
 from ..model import backends
 from .spec import Spec, load_spec
@@ -429,6 +429,8 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
         print(f"escape-sweep: {spec.name}: {planner.total} chunks{tasks} to compute "
               f"({summary.chunks_done_before} already done) on {client.scheduler.address}", file=sys.stderr)
         print(f"escape-sweep: dashboard {summary.dashboard}", file=sys.stderr, flush=True)
+        if routed():
+            print(f"escape-sweep: messages of Dask and its libraries go to {routed()}", file=sys.stderr, flush=True)
     nthreads = sum(client.nthreads().values()) or 1
     window = 2 * nthreads + 2
     summary.workers, summary.window = nthreads, window
