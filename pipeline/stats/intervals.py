@@ -8,7 +8,22 @@ two-sided intervals at confidence `conf` (0.95 by default). Vectorised, no I/O, 
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats as _st
+
+
+def _chi2_ppf(q: float, df) -> np.ndarray:
+    """scipy's chi2.ppf(q, df), evaluated once per distinct df: counts repeat (a million tiny
+    cells hold few distinct escape counts), and the quantile is the costly part of a chunk write."""
+    from scipy.stats import chi2
+
+    df = np.asarray(df, dtype=float)
+    u, inv = np.unique(df, return_inverse=True)
+    return np.asarray(chi2.ppf(q, u), dtype=float)[inv].reshape(df.shape)
+
+
+def _norm_ppf(q: float) -> float:
+    from scipy.stats import norm  # lazily: scipy.stats costs 0.25 s of start-up
+
+    return float(norm.ppf(q))
 
 
 def wilson(k, n, conf: float = 0.95):
@@ -18,7 +33,7 @@ def wilson(k, n, conf: float = 0.95):
     """
     k = np.asarray(k, dtype=float)
     n = np.asarray(n, dtype=float)
-    z = _st.norm.ppf(0.5 + conf / 2)
+    z = _norm_ppf(0.5 + conf / 2)
     with np.errstate(invalid="ignore", divide="ignore"):
         p = k / n
         den = 1 + z * z / n
@@ -42,8 +57,8 @@ def censored_rate(d, exposure, conf: float = 0.95):
     a = 1 - conf
     with np.errstate(invalid="ignore", divide="ignore"):
         rate = d / e
-        lo = np.where(d > 0, _st.chi2.ppf(a / 2, 2 * np.maximum(d, 1)) / (2 * e), 0.0)
-        hi = np.where(d > 0, _st.chi2.ppf(1 - a / 2, 2 * d + 2), _st.chi2.ppf(conf, 2)) / (2 * e)
+        lo = np.where(d > 0, _chi2_ppf(a / 2, 2 * np.maximum(d, 1)) / (2 * e), 0.0)
+        hi = np.where(d > 0, _chi2_ppf(1 - a / 2, 2 * d + 2), _chi2_ppf(conf, 2)) / (2 * e)
     bad = ~(e > 0)
     return tuple(np.where(bad, np.nan, x) for x in (rate, lo, hi))
 
@@ -64,7 +79,7 @@ def log10_escape_time(d, exposure, conf: float = 0.95):
 def _z(conf: float) -> float:
     if not 0 < conf < 1:
         raise ValueError(f"conf={conf!r}: must be strictly between 0 and 1")
-    return float(_st.norm.ppf(0.5 + conf / 2))
+    return _norm_ppf(0.5 + conf / 2)
 
 
 def clopper_pearson(k, n, conf: float = 0.95):
@@ -73,14 +88,16 @@ def clopper_pearson(k, n, conf: float = 0.95):
     low = Beta(a/2; k, n - k + 1) (0 where k == 0), high = Beta(1 - a/2; k + 1, n - k) (1 where k == n);
     NaN where n <= 0.
     """
+    from scipy.stats import beta
+
     _z(conf)
     k = np.asarray(k, dtype=float)
     n = np.asarray(n, dtype=float)
     a = 1 - conf
     with np.errstate(invalid="ignore", divide="ignore"):
         p = k / n
-        lo = np.where(k > 0, _st.beta.ppf(a / 2, np.maximum(k, 1), np.maximum(n - k + 1, 1)), 0.0)
-        hi = np.where(k < n, _st.beta.ppf(1 - a / 2, k + 1, np.maximum(n - k, 1)), 1.0)
+        lo = np.where(k > 0, beta.ppf(a / 2, np.maximum(k, 1), np.maximum(n - k + 1, 1)), 0.0)
+        hi = np.where(k < n, beta.ppf(1 - a / 2, k + 1, np.maximum(n - k, 1)), 1.0)
     bad = ~(n > 0) | (k < 0) | (k > n)
     return tuple(np.where(bad, np.nan, x) for x in (p, lo, hi))
 

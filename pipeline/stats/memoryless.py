@@ -6,7 +6,6 @@ climb), so at a budget of about tau or less exposure / escapes reads tau high by
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats as _st
 
 
 VERDICTS = {0: "exponential", 1: "non-exponential", 2: "too few escapes", 3: "early deficit"}
@@ -122,7 +121,7 @@ def memorylessness(hist, edges, n_walkers, n_diverged=0, budget=None, *, alpha: 
             ds, xs = ds[nz], xs[nz]
             if ds.size < 2:
                 break
-            p = float(_st.chi2.sf(_lr_constant_hazard(ds, xs), ds.size - 1))
+            p = float(_scipy_stats().chi2.sf(_lr_constant_hazard(ds, xs), ds.size - 1))
             if np.isnan(p_first):
                 p_first = p
             if p >= alpha:
@@ -186,7 +185,7 @@ def early_deficit(hist, edges, n_walkers, n_diverged=0, budget=None, *, alpha: f
     if split_at is None:
         return out
     late = lo >= split_at
-    z = float(_st.norm.ppf(1 - alpha))
+    z = float(_scipy_stats().norm.ppf(1 - alpha))
     for idx in np.ndindex(*lead):
         d = hb[idx]
         n = nw[idx] - nd[idx]
@@ -206,7 +205,14 @@ def early_deficit(hist, edges, n_walkers, n_diverged=0, budget=None, *, alpha: f
         se = (1.0 + bias) * np.sqrt(max(1.0 / Dl - 1.0 / D, 0.0))
         out["bias"][idx], out["bias_se"][idx] = bias, se
         out["lag"][idx] = split_at * (1.0 - (De / Xe) / q_late) if Xe > 0 else np.nan
-        out["p_value"][idx] = float(_st.binom.cdf(De, D, Xe / X))
+        out["p_value"][idx] = float(_scipy_stats().binom.cdf(De, D, Xe / X))
         out["split"][idx] = split_at
         out["flag"][idx] = bool(bias > min_bias and bias > z * se)
     return out
+
+
+def _scipy_stats():
+    """scipy.stats, imported when first needed (it costs 0.25 s of every run's start-up)."""
+    from scipy import stats
+
+    return stats

@@ -219,9 +219,9 @@ def run_sweep(spec_or_path, opts: RunOptions | None = None, *, output=None, yes:
             route_library_output(opts.library_log)
             with open_client(sized_cluster(spec, opts)) as client:
                 submit_kw = backend_submit_options(client, opts)
-                if fresh:
-                    st.create(spec, chunks, partition.spec_edges(spec), partition.chunk_grid(spec, chunks))
-                _compute(client, spec, st, planner, opts, summary, submit_kw)
+                create = (lambda: st.create(spec, chunks, partition.spec_edges(spec),
+                                            partition.chunk_grid(spec, chunks))) if fresh else None
+                _compute(client, spec, st, planner, opts, summary, submit_kw, prepare=create)
         summary.complete = bool(st.done_mask().all())
         if summary.complete and (pending or not st.attrs().get("completed")):
             st.set_attrs(completed=store.now())
@@ -273,10 +273,11 @@ def _grow(spec: Spec, st: store.Store, growth: dict, opts: RunOptions, target=No
         route_library_output(opts.library_log)
         with open_client(sized_cluster(spec, opts)) as client:
             submit_kw = backend_submit_options(client, opts)
-            if not made:
+            def create():
                 bst.create(spec, chunks, partition.spec_edges(spec), partition.chunk_grid(spec, chunks))
                 bst.set_attrs(plan=plan)
-            _compute(client, spec, bst, planner, opts, summary, submit_kw)
+
+            _compute(client, spec, bst, planner, opts, summary, submit_kw, prepare=None if made else create)
     summary.complete = bool(bst.done_mask().all())
     if summary.complete:
         old_attrs = st.attrs()
@@ -410,12 +411,15 @@ def repair(st: store.Store, verbose: bool = True) -> int:
 
 
 def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, summary: Summary,
-             submit_kw: dict | None = None) -> None:
-    """Keep a bounded window of tasks in flight; write each chunk the planner says is finished."""
+             submit_kw: dict | None = None, prepare=None) -> None:
+    """Submit the sweep ahead (bounded); write each chunk the planner says is finished.
+
+    `prepare` (creating the store) runs once the first tasks are submitted, so the workers compute
+    while the client builds the store; nothing is written to it before."""
     from distributed import as_completed
 
     edges = partition.spec_edges(spec)
-    writer = st.writer(edges, spec.method)  # buffers chunks per storage block; closed (flushed) below
+    store.warm_up()  # what writing needs is imported in the background while the first tasks run
     cell_work = partition.cell_cost(spec)
     ncells = lambda slices: math.prod(sl.stop - sl.start for sl in slices)  # noqa: E731
     work = {tuple(i): ncells(partition.chunk_slices(spec, planner.chunks, i)) * cell_work for i in planner.pending}
@@ -466,6 +470,9 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
         done_work += work.get(tuple(chunk.index), 0.0)
 
     submit(window)
+    if prepare is not None:
+        prepare()
+    writer = st.writer(edges, spec.method)  # buffers chunks per storage block; closed (flushed) below
     top_up()
     for chunk in pop_ready():
         write(chunk)

@@ -652,3 +652,13 @@ def chunk_count(where) -> tuple[int, int]:
 def open_cube(where):
     """The cube at `where` (path, URL or zarr store) as a lazy `xarray.Dataset`."""
     return Store(where).open_dataset()
+
+
+def warm_up() -> None:
+    """Import what writing a chunk needs (scipy.stats, ~0.25 s) in a background thread, so that it
+    overlaps the first tasks instead of delaying the first write."""
+    import importlib
+    import threading
+
+    threading.Thread(target=importlib.import_module, args=("scipy.stats",), daemon=True,
+                     name="escape-sweep-warm-up").start()
