@@ -70,18 +70,8 @@ def memorylessness(hist, edges, n_walkers, n_diverged=0, budget=None, *, alpha: 
     A cell is "exponential" when a constant-hazard tail exists, the transient holds at most
     `max_transient_fraction` of the walkers, and rate and tail rate agree within `max_rate_ratio`.
     """
-    hist = np.asarray(hist, dtype=float)
-    edges = np.asarray(edges, dtype=np.int64)
-    lead = hist.shape[:-1]
-    nw = np.broadcast_to(np.asarray(n_walkers, dtype=float), lead)
-    nd = np.broadcast_to(np.asarray(n_diverged, dtype=float), lead)
-    last = edges[1:] - 1
-    if budget is None:
-        budget = int(last[-1])
-    keep = last <= budget
-    hb = hist[..., keep]
-    lo = edges[:-1][keep].astype(float)
-    width = (edges[1:] - edges[:-1])[keep].astype(float)
+    lead, nw, nd, budget, hb, lo, width = _within_budget(hist, edges, n_walkers, n_diverged, budget)
+    lo = lo.astype(float)
     names = ("transient", "transient_fraction", "tail_rate", "rate", "rate_ratio", "p_value")
     out = {k: np.full(lead, np.nan) for k in names}
     out["n_events"] = np.zeros(lead, np.int64)
@@ -164,18 +154,7 @@ def early_deficit(hist, edges, n_walkers, n_diverged=0, budget=None, *, alpha: f
     Returns arrays over the leading axes of `hist`: bias, bias_se, lag (steps: s (1 - q_early /
     q_late), the delay a late start adds), p_value, split (s), flag (bool); NaN / False where the
     cell has fewer than `min_events` escapes, or fewer than 10 after s, or the budget is under 4 steps."""
-    hist = np.asarray(hist, dtype=float)
-    edges = np.asarray(edges, dtype=np.int64)
-    lead = hist.shape[:-1]
-    nw = np.broadcast_to(np.asarray(n_walkers, dtype=float), lead)
-    nd = np.broadcast_to(np.asarray(n_diverged, dtype=float), lead)
-    last = edges[1:] - 1
-    if budget is None:
-        budget = int(last[-1])
-    keep = last <= budget
-    hb = hist[..., keep]
-    lo = edges[:-1][keep]
-    width = (edges[1:] - edges[:-1])[keep].astype(float)
+    lead, nw, nd, budget, hb, lo, width = _within_budget(hist, edges, n_walkers, n_diverged, budget)
     names = ("bias", "bias_se", "lag", "p_value", "split")
     out = {k: np.full(lead, np.nan) for k in names}
     out["flag"] = np.zeros(lead, bool)
@@ -216,3 +195,18 @@ def _scipy_stats():
     from scipy import stats
 
     return stats
+
+
+def _within_budget(hist, edges, n_walkers, n_diverged, budget):
+    """The histogram's bins that end within `budget` (default: all): leading shape, walkers and
+    diverged broadcast to it, the budget, the kept counts, bin starts (int) and widths (float)."""
+    hist = np.asarray(hist, dtype=float)
+    edges = np.asarray(edges, dtype=np.int64)
+    lead = hist.shape[:-1]
+    nw = np.broadcast_to(np.asarray(n_walkers, dtype=float), lead)
+    nd = np.broadcast_to(np.asarray(n_diverged, dtype=float), lead)
+    last = edges[1:] - 1
+    if budget is None:
+        budget = int(last[-1])
+    keep = last <= budget
+    return lead, nw, nd, budget, hist[..., keep], edges[:-1][keep], (edges[1:] - edges[:-1])[keep].astype(float)
