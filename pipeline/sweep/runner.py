@@ -138,8 +138,9 @@ class _Progress:
     On a terminal one line is redrawn (carriage return); elsewhere (a batch job's log) a plain line
     is printed every ESCAPE_SWEEP_PROGRESS_SECONDS seconds (default 30) and at the end."""
 
-    def __init__(self, total: int, work: float, enabled: bool):
+    def __init__(self, total: int, work: float, enabled: bool, sampled: bool = True):
         self.total, self.work, self.enabled = total, float(work), enabled and total > 0
+        self.sampled = sampled  # exact-solver-only sweeps have no walker-steps to count
         self.tty = sys.stderr.isatty()
         self.every = 0.5 if self.tty else _progress_seconds()
         self.t0 = time.perf_counter()
@@ -154,7 +155,8 @@ class _Progress:
         rate = steps / el if el > 0 else 0.0
         eta = el / done_work * (self.work - done_work) if done_work > 0 else float("nan")
         eta_s = f"{eta:.0f}s" if math.isfinite(eta) else "?"
-        text = f"{done}/{self.total} chunks  {steps:.3g} walker-steps  {rate:.3g}/s  ETA {eta_s}"
+        text = (f"{done}/{self.total} chunks  {steps:.3g} walker-steps  {rate:.3g}/s  ETA {eta_s}" if self.sampled
+                else f"{done}/{self.total} chunks solved  ETA {eta_s}")
         if self.tty:
             bar = "#" * int(30 * done / self.total)
             print(f"\r[{bar:<30}] {text}   ", end="", file=sys.stderr, flush=True)
@@ -423,7 +425,7 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
     cell_work = partition.cell_cost(spec)
     ncells = lambda slices: math.prod(sl.stop - sl.start for sl in slices)  # noqa: E731
     work = {tuple(i): ncells(partition.chunk_slices(spec, planner.chunks, i)) * cell_work for i in planner.pending}
-    progress = _Progress(planner.total, sum(work.values()), opts.progress)
+    progress = _Progress(planner.total, sum(work.values()), opts.progress, sampled=spec.method != "markov")
     done_work = 0.0
     summary.dashboard = dashboard_link(client)
     if opts.progress:
