@@ -197,6 +197,10 @@ def _axes(ds: xr.Dataset) -> str:
 
 
 def _t_tables(f: xr.Dataset, suffix: str = "") -> list[str]:
+    """The T fits; where tau is exact (the same at every budget) only the largest budget's rows."""
+    if "tau_source" in f and bool((f["tau_source"] == 1).all()) and f.sizes.get("steps", 1) > 1:
+        f = f.sel(steps=[int(f["steps"].max())])
+        suffix += " (exact tau: the same at every step budget; rows for the largest)"
     return [f"<h3>{_e(title)}{suffix}</h3>" + _table(*tables.fit_table(f, prefix))
             for prefix, title in (("arrhenius", "ln tau = a + b / T"), ("linear", "ln tau = a + b T"))]
 
