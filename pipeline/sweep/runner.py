@@ -444,13 +444,15 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
     names = TaskNames(spec, planner.chunks)
     ac = as_completed()
     markers = []  # one tiny task per chunk task, kept to the end: the dashboard's bar for the sweep
+    with_markers = nthreads <= MARKER_MAX_THREADS
     ahead = [0, 0]  # tasks, cells submitted and not yet returned
 
     def submit(n: int) -> None:
         for t in planner.ask(n):
             fut = client.submit(run_task, t, key=names.compute(t), retries=opts.retries, pure=False,
                                 **(submit_kw or {}))
-            markers.append(client.submit(task_done, fut, key=names.done(t), pure=False))  # no GPU slot needed
+            if with_markers:  # no GPU slot needed
+                markers.append(client.submit(task_done, fut, key=names.done(t), pure=False))
             ac.add(fut)
             summary.tasks_submitted += 1
             ahead[0] += 1
@@ -505,6 +507,7 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
 LOOKAHEAD_TASKS = 20_000  # tasks the scheduler holds ahead (the dashboard shows the whole sweep up to this)
 LOOKAHEAD_CELLS = 4_000_000  # ... and cells: a Task is small, but its result and state grow with its cells
 SUBMIT_BATCH = 1_000  # tasks submitted between two results, so results keep flowing while submitting
+MARKER_MAX_THREADS = 256  # above this many worker threads no markers: they would double the scheduler's work
 
 
 class TaskNames:
