@@ -146,8 +146,9 @@ def early_deficit(hist, edges, n_walkers, n_diverged=0, budget=None, *, alpha: f
 
         bias = tau_hat / tau_ref - 1,   se(bias) ~ (1 + bias) sqrt(1/D_late - 1/D)
 
-    (ln q_late and ln q_all share the late escapes). A cell is flagged when bias exceeds both
-    `min_bias` and z_(1-alpha) se (one-sided, so a flag is not noise at level alpha).
+    (ln q_late and ln q_all share the late escapes). A cell is flagged when the one-sided
+    lower bound bias - z_(1-alpha) se exceeds `min_bias`: the bias is then above min_bias at level
+    alpha, so a handful of escapes cannot flag a cell by chance (few escapes mean a wide se).
     p_value: one-sided binomial test of D_early given D with probability X_early / X (the share
     of escapes before s under one constant hazard): small when escapes before s are too rare.
 
@@ -186,7 +187,7 @@ def early_deficit(hist, edges, n_walkers, n_diverged=0, budget=None, *, alpha: f
         out["lag"][idx] = split_at * (1.0 - (De / Xe) / q_late) if Xe > 0 else np.nan
         out["p_value"][idx] = float(_scipy_stats().binom.cdf(De, D, Xe / X))
         out["split"][idx] = split_at
-        out["flag"][idx] = bool(bias > min_bias and bias > z * se)
+        out["flag"][idx] = bool(bias - z * se > min_bias)  # the one-sided lower bound clears min_bias
     return out
 
 

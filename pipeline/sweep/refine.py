@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+import warnings
+
 import numpy as np
 
 from ..errors import InputError
@@ -111,7 +113,9 @@ def walker_targets(ds, opts: RefineOptions, spent: float) -> tuple[np.ndarray, d
     n = ds["n_walkers"].sel(steps=budget).transpose(*CELL_AXES).values.astype(np.int64)
     ok = eligible(ds, opts) & (n > 0)
     need = ok & (ratio > 1)
-    want = np.where(np.isinf(ratio), n * NO_ESCAPE_FACTOR, np.ceil(n * np.nan_to_num(ratio, nan=1.0) ** 2 * SAFETY))
+    with np.errstate(over="ignore", invalid="ignore"):  # inf ratios (no escapes) take the other branch
+        want = np.where(np.isinf(ratio), n * NO_ESCAPE_FACTOR,
+                        np.ceil(n * np.nan_to_num(ratio, nan=1.0, posinf=1.0) ** 2 * SAFETY))
     want = np.minimum(np.ceil(want / LANES) * LANES, opts.max_walkers).astype(np.int64)
     want = np.where(need, np.maximum(want, n), n)
     # expected cost per walker: the steps the cell's walkers really took (exposure at the top budget)
@@ -157,7 +161,9 @@ def new_T_values(ds, opts: RefineOptions, spec: Spec, budget: int) -> list[float
             continue
         dx = (x[i] - x[i + 1]) / xr
         dy = (lt[i] - lt[i + 1]) / (yr or 1.0)
-        w = np.nanmean([width[i], width[i + 1]], axis=0) / (yr or 1.0)
+        with warnings.catch_warnings():  # two cells without a finite width: no width term
+            warnings.simplefilter("ignore", RuntimeWarning)
+            w = np.nanmean([width[i], width[i + 1]], axis=0) / (yr or 1.0)
         with np.errstate(invalid="ignore"):
             l = np.sqrt(dx ** 2 + np.where(np.isfinite(dy), dy, 0.0) ** 2) * (1 + np.where(np.isfinite(w), w, 0.0))
         loss[i] = float(np.nanmax(l)) if np.size(l) else dx
