@@ -292,3 +292,33 @@ def test_cube_variables_carry_ln_mfpt_where_mfpt_overflows():
     assert out["log10_escape_time_low"][0, 0, 0, 0, 0] < lt[0] < out["log10_escape_time_high"][0, 0, 0, 0, 0]
     del counts["ln_mfpt"]  # counts from a cube made before ln_mfpt: log(mfpt)
     assert math.isinf(cube.derived(counts, edges=(1, 2, 3, 4), method="markov")["ln_mfpt"][0, 0, 0, 0])
+
+
+class _CountingMatrix:
+    """The chain's real sparse matrix, counting the P @ d steps the escape loop takes."""
+
+    def __init__(self, P):
+        self.P, self.steps = P, 0
+
+    def __matmul__(self, d):
+        self.steps += 1
+        return self.P @ d
+
+
+@pytest.mark.parametrize("T,B,underflows", [(0.01, 64, True), (0.01, 32, False), (0.02, 4, False)])
+def test_early_stop_gives_the_bits_of_the_full_loop(T, B, underflows):
+    # P(escape within n) with the early stop against the full loop on the same chain: bit for bit,
+    # where every increment underflows to 0 (B = 64: tau ~ e^953; the stop comes after < 100 of the
+    # ~3400 steps d takes to underflow), where they are tiny (B = 32: F ~ 1e-181) and where not
+    cell = markov._make_cell(T, B, 1.0, 0.1, None, None)
+    _x, P, a, e = cell.chain(cell.first_intervals() if cell.fit else 1000, lam=False)
+    budgets = (1, 10, 100, 1000, 10_000, 100_000)
+    early, full = _CountingMatrix(P), _CountingMatrix(P)
+    p_early = markov._escape_within(early, a, e, budgets, cell.st)
+    p_full = markov._escape_within(full, a, e, budgets, cell.st, early_stop=False)
+    assert np.array_equal(p_early, p_full) and np.all(np.diff(p_full) >= 0)
+    assert early.steps <= full.steps
+    if underflows:
+        assert np.all(p_full == 0.0) and early.steps < 100 < 3000 < full.steps
+    else:
+        assert p_full[-1] > 0.0
