@@ -4,12 +4,14 @@ The walker's W is a Markov chain: each step applies one of B + 1 maps
 f_k(W) = W - T (g0(W) + (k / B) gpit(W)), k ~ Binomial(B, 1/2), and m(W) = 1 + sum_k p_k m(f_k(W)).
 It is discretised on a grid (linear interpolation makes the grid itself a chain), solved by
 renewal at an anchor node with a sparse M-matrix LU (accurate however large tau is), the first
-steps enumerated exactly, P(escape within n) summed subtraction-free, and the grid refined until a
+steps enumerated exactly, P(escape within n) summed subtraction-free (stopped exactly once later
+steps cannot change a bit of it), and the grid refined until a
 Richardson error estimate meets rel_tol. DESIGN.md section 7 is the full design. No Dask, no I/O.
 
 From batch size 16 on the split between nodes is exponentially fitted to the escape probability
 (exact for exp(lam W) on each interval): ln tau grows ~B, the linear split's error ~B^2 h^2, and the
-fitted chain reaches 1e-3 on ~8x fewer nodes. tau is carried as ln tau (ln_mfpt), so it stays
+fitted chain reaches 1e-3 on ~8x fewer nodes; its LU keeps the nodes in W order, where the matrix
+is a band (2-6x less fill than minimum degree at B = 64). tau is carried as ln tau (ln_mfpt), so it stays
 finite past float64's 1e308 (up to ~1e600, where the escape probability h_s underflows even
 scaled by 2^1000). `solve_seconds` is the calibrated cost model of one markov_cell call.
 """
@@ -614,22 +616,24 @@ def markov_cell(T, batch_size, depth, width, budgets=(), *, rel_tol=1e-3, start=
 
 
 # solve_seconds: one core's CPU seconds of markov_cell, fitted to timings at depth 1, width 0.1
-# (T = 0.006..0.05, B = 1..256, one BLAS thread, a loaded 2-core machine): see the report of issue #14
+# (T = 0.006..0.05, B = 1..256, one BLAS thread, a loaded 2-core machine): see the reports of issues
+# #14 and #16 (B >= 16 recalibrated after the W-order LU and the early stop of P(escape))
 _COST_LINEAR = (0.17, 0.125)  # B < _FIT_FROM_BATCH: a + b B x the T factor (3 grids up to 4001 nodes)
-_COST_FITTED_SMALL = 0.012  # _FIT_FROM_BATCH <= B <= 32: this x B (grids up to 1001..2001 nodes)
-_COST_FITTED_LARGE = (4.0, 0.02)  # B > 32: a + b B (the 4001-node grid's LU fills in: B >= 64)
+_COST_FITTED_SMALL = 0.008  # _FIT_FROM_BATCH <= B <= 32: this x B (grids up to 1001..2001 nodes)
+_COST_FITTED_LARGE = 0.45  # B > 32: this x the T factor (4001 nodes; measured 0.26..1.7 s, B = 48..256)
 
 
 def solve_seconds(T, batch_size, depth=1.0, width=0.1):
     """Estimated CPU seconds of one markov_cell(T, batch_size, depth, width) call on one core
     (numpy-broadcast over array arguments). An empirical model, within 2x of the timings it was
     fitted to except cells whose convergence needs an extra (8001-node) grid (~8x): the sparse
-    LU's fill grows with B, and T > 0.01 (erratic convergence) costs up to 2.5x at B < 16, as
+    LU's fill grows with B (and, in the fitted chain's W order, with the band: with T), and
+    T > 0.01 (erratic convergence, wide band) costs up to 2.5x at B < 16 and B > 32, as
     T factor = 1 + clip((T - 0.01) / 0.01, 0, 1.5). depth and width are not modelled."""
     T = np.asarray(T, dtype=float)
     B = np.asarray(batch_size, dtype=float)
     factor = 1.0 + np.clip((T - 0.01) / 0.01, 0.0, 1.5)
     linear = _COST_LINEAR[0] + _COST_LINEAR[1] * B * factor
-    fitted = np.where(B <= 32, _COST_FITTED_SMALL * B, _COST_FITTED_LARGE[0] + _COST_FITTED_LARGE[1] * B)
+    fitted = np.where(B <= 32, _COST_FITTED_SMALL * B, _COST_FITTED_LARGE * factor)
     out = np.where(B < _FIT_FROM_BATCH, linear, fitted) * np.ones(np.broadcast(depth, width).shape)
     return float(out) if out.ndim == 0 else out
