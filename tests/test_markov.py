@@ -323,3 +323,15 @@ def test_early_stop_gives_the_bits_of_the_full_loop(T, B, underflows):
         assert np.all(p_full == 0.0) and early.steps < 100 < 3000 < full.steps
     else:
         assert p_full[-1] > 0.0
+
+
+def test_w_order_lu_keeps_the_large_batch_values():
+    # B = 64 (fitted chain, 4001 nodes): the W-order LU (issue #16) against the minimum-degree LU of
+    # commit a1a7d2c, which gave ln tau = 953.3699719203335 (error 4.4e-4) and P(escape) = 0 exactly
+    # (tau ~ e^953: every increment underflows, the case the early stop ends after a few steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # dropped binomial mass x tau > rel_tol
+        r = markov_cell(0.01, 64, 1.0, 0.1, budgets=(100, 100_000))
+    assert r.n_nodes == 4001 and math.isinf(r.mfpt)
+    assert r.ln_mfpt == pytest.approx(953.3699719203335, rel=1e-12)
+    assert np.array_equal(r.p_escape, [0.0, 0.0])

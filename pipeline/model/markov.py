@@ -42,6 +42,10 @@ _FIT_FROM_BATCH = 16  # from this batch size on, the exponentially fitted split 
 _FIT_PASSES = 2  # fitted solves on the first grid after its linear one: they give lam(W)
 _FIT_FIRST_INTERVALS = 250  # first grid at B = 16, doubling with B up to 1000 (lam(W) must resolve h)
 _MAX_FIT = 50.0  # |lam h| cap of the fitted split
+_W_ORDER_FROM_BATCH = _FIT_FROM_BATCH  # from this batch size on, the LU keeps the nodes in W order
+# (SuperLU NATURAL: the band fills in 2-6x less than minimum degree at B = 64). At B = 4..15 it would
+# be 2-3x faster too (B = 8, T = 0.02: 1.9 -> 0.85 s) but change ln_mfpt's last bits (<= 4e-14):
+# not done, so the linear chain keeps its bits; at B <= 2 minimum degree is faster.
 _MIN_LEVELS = 3  # grids solved at least: with two, one difference is the whole error estimate, and
 # convergence is not monotone at T >~ 0.02 (T = 0.025, B = 3: 1.45e-5 reported, 5.8e-5 true)
 
@@ -402,9 +406,7 @@ class _Cell:
         self.w_lo = min(lo, self.start)
         self.anchor_w = None
         self.fit = B >= _FIT_FROM_BATCH
-        # the fitted chain's LU keeps the nodes in W order (its band fills in less than under
-        # minimum degree); the linear chain keeps minimum degree, so B < 16 gives the same bits
-        self.ordering = "NATURAL" if self.fit else "MMD_AT_PLUS_A"
+        self.ordering = "NATURAL" if B >= _W_ORDER_FROM_BATCH else "MMD_AT_PLUS_A"
         self.lam = {}  # n_intervals -> fitted split rates of the chain solved there
         self.lam_w = None
         w = np.linspace(self.w_lo, self.barrier, 20001)
