@@ -270,7 +270,8 @@ def test_fitted_chain_agrees_with_the_linear_one():
 def test_solve_seconds_grows_with_batch_and_falls_with_T():
     s = [solve_seconds(0.01, B, 1.0, 0.1) for B in (1, 2, 4, 8, 16, 32, 64)]
     assert all(v > 0 and math.isfinite(v) for v in s) and s[3] > s[0]
-    assert solve_seconds(0.008, 64, 1.0, 0.1) > 1.0
+    # B = 64 (issue #16): 0.3..1.3 s measured since the W-order LU and the early stop of P(escape)
+    assert 0.2 < solve_seconds(0.008, 64, 1.0, 0.1) < solve_seconds(0.02, 64, 1.0, 0.1) < 2.0
 
 
 def test_cube_variables_carry_ln_mfpt_where_mfpt_overflows():
@@ -292,3 +293,45 @@ def test_cube_variables_carry_ln_mfpt_where_mfpt_overflows():
     assert out["log10_escape_time_low"][0, 0, 0, 0, 0] < lt[0] < out["log10_escape_time_high"][0, 0, 0, 0, 0]
     del counts["ln_mfpt"]  # counts from a cube made before ln_mfpt: log(mfpt)
     assert math.isinf(cube.derived(counts, edges=(1, 2, 3, 4), method="markov")["ln_mfpt"][0, 0, 0, 0])
+
+
+class _CountingMatrix:
+    """The chain's real sparse matrix, counting the P @ d steps the escape loop takes."""
+
+    def __init__(self, P):
+        self.P, self.steps = P, 0
+
+    def __matmul__(self, d):
+        self.steps += 1
+        return self.P @ d
+
+
+@pytest.mark.parametrize("T,B,underflows", [(0.01, 64, True), (0.01, 32, False), (0.02, 4, False)])
+def test_early_stop_gives_the_bits_of_the_full_loop(T, B, underflows):
+    # P(escape within n) with the early stop against the full loop on the same chain: bit for bit,
+    # where every increment underflows to 0 (B = 64: tau ~ e^953; the stop comes after < 100 of the
+    # ~3400 steps d takes to underflow), where they are tiny (B = 32: F ~ 1e-181) and where not
+    cell = markov._make_cell(T, B, 1.0, 0.1, None, None)
+    _x, P, a, e = cell.chain(cell.first_intervals() if cell.fit else 1000, lam=False)
+    budgets = (1, 10, 100, 1000, 10_000, 100_000)
+    early, full = _CountingMatrix(P), _CountingMatrix(P)
+    p_early = markov._escape_within(early, a, e, budgets, cell.st)
+    p_full = markov._escape_within(full, a, e, budgets, cell.st, early_stop=False)
+    assert np.array_equal(p_early, p_full) and np.all(np.diff(p_full) >= 0)
+    assert early.steps <= full.steps
+    if underflows:
+        assert np.all(p_full == 0.0) and early.steps < 100 < 3000 < full.steps
+    else:
+        assert p_full[-1] > 0.0
+
+
+def test_w_order_lu_keeps_the_large_batch_values():
+    # B = 64 (fitted chain, 4001 nodes): the W-order LU (issue #16) against the minimum-degree LU of
+    # commit a1a7d2c, which gave ln tau = 953.3699719203335 (error 4.4e-4) and P(escape) = 0 exactly
+    # (tau ~ e^953: every increment underflows, the case the early stop ends after a few steps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # dropped binomial mass x tau > rel_tol
+        r = markov_cell(0.01, 64, 1.0, 0.1, budgets=(100, 100_000))
+    assert r.n_nodes == 4001 and math.isinf(r.mfpt)
+    assert r.ln_mfpt == pytest.approx(953.3699719203335, rel=1e-12)
+    assert np.array_equal(r.p_escape, [0.0, 0.0])

@@ -4,12 +4,14 @@ The walker's W is a Markov chain: each step applies one of B + 1 maps
 f_k(W) = W - T (g0(W) + (k / B) gpit(W)), k ~ Binomial(B, 1/2), and m(W) = 1 + sum_k p_k m(f_k(W)).
 It is discretised on a grid (linear interpolation makes the grid itself a chain), solved by
 renewal at an anchor node with a sparse M-matrix LU (accurate however large tau is), the first
-steps enumerated exactly, P(escape within n) summed subtraction-free, and the grid refined until a
+steps enumerated exactly, P(escape within n) summed subtraction-free (stopped exactly once later
+steps cannot change a bit of it), and the grid refined until a
 Richardson error estimate meets rel_tol. DESIGN.md section 7 is the full design. No Dask, no I/O.
 
 From batch size 16 on the split between nodes is exponentially fitted to the escape probability
 (exact for exp(lam W) on each interval): ln tau grows ~B, the linear split's error ~B^2 h^2, and the
-fitted chain reaches 1e-3 on ~8x fewer nodes. tau is carried as ln tau (ln_mfpt), so it stays
+fitted chain reaches 1e-3 on ~8x fewer nodes; its LU keeps the nodes in W order, where the matrix
+is a band (2-6x less fill than minimum degree at B = 64). tau is carried as ln tau (ln_mfpt), so it stays
 finite past float64's 1e308 (up to ~1e600, where the escape probability h_s underflows even
 scaled by 2^1000). `solve_seconds` is the calibrated cost model of one markov_cell call.
 """
@@ -40,6 +42,10 @@ _FIT_FROM_BATCH = 16  # from this batch size on, the exponentially fitted split 
 _FIT_PASSES = 2  # fitted solves on the first grid after its linear one: they give lam(W)
 _FIT_FIRST_INTERVALS = 250  # first grid at B = 16, doubling with B up to 1000 (lam(W) must resolve h)
 _MAX_FIT = 50.0  # |lam h| cap of the fitted split
+_W_ORDER_FROM_BATCH = _FIT_FROM_BATCH  # from this batch size on, the LU keeps the nodes in W order
+# (SuperLU NATURAL: the band fills in 2-6x less than minimum degree at B = 64). At B = 4..15 it would
+# be 2-3x faster too (B = 8, T = 0.02: 1.9 -> 0.85 s) but change ln_mfpt's last bits (<= 4e-14):
+# not done, so the linear chain keeps its bits; at B <= 2 minimum degree is faster.
 _MIN_LEVELS = 3  # grids solved at least: with two, one difference is the whole error estimate, and
 # convergence is not monotone at T >~ 0.02 (T = 0.025, B = 3: 1.45e-5 reported, 5.8e-5 true)
 
@@ -215,11 +221,13 @@ def _anchor(P, e, steps=_ANCHOR_STEPS) -> int:
     return int(np.argmax(occ))
 
 
-def _solve_mmatrix(P, a, s, h_scale=_H_SCALE):
+def _solve_mmatrix(P, a, s, h_scale=_H_SCALE, ordering="MMD_AT_PLUS_A"):
     """Renewal at node s: returns l, h * scale, g (see the module docstring), the componentwise
     residual and log2(scale), from one LU of the killed M-matrix I - P0 (P with column s removed),
     diagonal pivots, additions only. scale = h_scale, or h_scale^2 where h_s < 1 / h_scale^2
-    (then h alone is solved again with the same LU, so it keeps full precision down to ~1e-600)."""
+    (then h alone is solved again with the same LU, so it keeps full precision down to ~1e-600).
+    ordering: SuperLU's symmetric column ordering (permc_spec); "NATURAL" keeps the nodes in W
+    order, where the matrix is a band (the fitted chain uses it: 2-6x less fill at B = 64)."""
     N = P.shape[0]
     P = P.tocsr()
     coo = P.tocoo()
@@ -228,7 +236,7 @@ def _solve_mmatrix(P, a, s, h_scale=_H_SCALE):
     col_s = np.zeros(N)
     np.add.at(col_s, coo.row[~keep], coo.data[~keep])
     A = (sp.identity(N, format="csr") - P0)
-    lu = spla.splu(A.T.tocsc(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+    lu = spla.splu(A.T.tocsc(), permc_spec=ordering, diag_pivot_thresh=0.0,
                    options=dict(SymmetricMode=True))
 
     def solve(rhs):
@@ -253,12 +261,12 @@ def _solve_mmatrix(P, a, s, h_scale=_H_SCALE):
     return l, h, g, rel, log2_scale
 
 
-def _mfpt(P, a, st: _Start, e, s, out_h=None) -> tuple[float, float]:
+def _mfpt(P, a, st: _Start, e, s, out_h=None, ordering="MMD_AT_PLUS_A") -> tuple[float, float]:
     """(tau, ln tau) with tau = sum_{j<n0} P(alive after j) + sum_i e_i (l_i + g_i l_s / h_s).
 
     h is solved scaled by 2^500 (2^1000 where h_s < 2^-1000), and ln tau is summed in log space,
     so ln tau stays finite (and accurate) where tau itself overflows float64 (tau up to ~1e600)."""
-    l, h, g, rel, log_scale = _solve_mmatrix(P, a, s)
+    l, h, g, rel, log_scale = _solve_mmatrix(P, a, s, ordering=ordering)
     if not (np.all(l >= 0) and np.all(h >= 0) and np.all(g >= -1e-12)) or rel > 1e-8:
         raise RuntimeError(
             f"markov: the renewal solve lost accuracy (componentwise residual {rel:.2g}); "
@@ -279,10 +287,17 @@ def _mfpt(P, a, st: _Start, e, s, out_h=None) -> tuple[float, float]:
     return (math.exp(ln_tau) if ln_tau < 709.78 else math.inf), ln_tau
 
 
-def _escape_within(P, a, e, budgets, st: _Start) -> np.ndarray:
+def _escape_within(P, a, e, budgets, st: _Start, early_stop=True) -> np.ndarray:
     """P(escape within n) for each n in budgets: exact for n <= n0, then
     F_n = sum_{j<=n0} esc_j + sum_{t=1}^{n-n0} e . d_t with d_1 = a, d_{t+1} = P d_t; once
-    log(e . d_t) is linear in t (checked over 2K steps and one step) the rest is geometric."""
+    log(e . d_t) is linear in t (checked over 2K steps and one step) the rest is geometric.
+
+    early_stop: stop once the remaining increments cannot change F (the same bits as the full
+    loop). Rounded P d and e . d are monotone in d (P, e >= 0), so once d_(t+1) <= d_t
+    componentwise every later d is <= d_t and every later increment <= z_t = e . d_t; if
+    F + 2 M z_t == F (M the steps left) no later addition, nor the geometric tail (<= M z), moves
+    F. Where tau ~ 1e400 every increment underflows to 0 and this ends the loop after ~50 steps
+    instead of the ~3000 it takes d to underflow."""
     budgets = np.asarray(budgets, dtype=np.int64)
     out = np.zeros(len(budgets))
     if len(budgets) == 0:
@@ -314,7 +329,12 @@ def _escape_within(P, a, e, budgets, st: _Start) -> np.ndarray:
             nxt += 1
         if nxt == len(todo):
             break
-        d = P @ d
+        d_next = P @ d
+        if early_stop and F + 2.0 * (t_max - t) * (z * (1.0 + 1e-9)) == F and np.all(d_next <= d):
+            for n in todo[nxt:]:
+                res[int(n)] = F
+            break
+        d = d_next
         if not d.any():
             for n in todo[nxt:]:
                 res[int(n)] = F
@@ -386,6 +406,7 @@ class _Cell:
         self.w_lo = min(lo, self.start)
         self.anchor_w = None
         self.fit = B >= _FIT_FROM_BATCH
+        self.ordering = "NATURAL" if B >= _W_ORDER_FROM_BATCH else "MMD_AT_PLUS_A"
         self.lam = {}  # n_intervals -> fitted split rates of the chain solved there
         self.lam_w = None
         w = np.linspace(self.w_lo, self.barrier, 20001)
@@ -435,10 +456,10 @@ class _Cell:
         x, P, a, e = self.chain(n_intervals, lam=None if not self.fit or self.lam_w is not None else False)
         s = int(np.argmin(np.abs(x - self.anchor_w)))
         if not self.fit or self.lam_w is not None:
-            return _mfpt(P, a, self.st, e, s), len(x)
+            return _mfpt(P, a, self.st, e, s, ordering=self.ordering), len(x)
         for _ in range(_FIT_PASSES):
             hs = []
-            _mfpt(P, a, self.st, e, s, out_h=hs)
+            _mfpt(P, a, self.st, e, s, out_h=hs, ordering=self.ordering)
             h = hs[0][0]
             with np.errstate(divide="ignore", invalid="ignore"):
                 lam = np.diff(np.log(h)) / np.diff(x)
@@ -446,7 +467,7 @@ class _Cell:
             x, P, a, e = self.chain(n_intervals, lam=lam)
         self.lam[n_intervals] = lam
         self.lam_w = (0.5 * (x[1:] + x[:-1]), lam)
-        return _mfpt(P, a, self.st, e, s), len(x)
+        return _mfpt(P, a, self.st, e, s, ordering=self.ordering), len(x)
 
 
 def richardson(taus):
@@ -597,22 +618,24 @@ def markov_cell(T, batch_size, depth, width, budgets=(), *, rel_tol=1e-3, start=
 
 
 # solve_seconds: one core's CPU seconds of markov_cell, fitted to timings at depth 1, width 0.1
-# (T = 0.006..0.05, B = 1..256, one BLAS thread, a loaded 2-core machine): see the report of issue #14
+# (T = 0.006..0.05, B = 1..256, one BLAS thread, a loaded 2-core machine): see the reports of issues
+# #14 and #16 (B >= 16 recalibrated after the W-order LU and the early stop of P(escape))
 _COST_LINEAR = (0.17, 0.125)  # B < _FIT_FROM_BATCH: a + b B x the T factor (3 grids up to 4001 nodes)
-_COST_FITTED_SMALL = 0.012  # _FIT_FROM_BATCH <= B <= 32: this x B (grids up to 1001..2001 nodes)
-_COST_FITTED_LARGE = (4.0, 0.02)  # B > 32: a + b B (the 4001-node grid's LU fills in: B >= 64)
+_COST_FITTED_SMALL = 0.008  # _FIT_FROM_BATCH <= B <= 32: this x B (grids up to 1001..2001 nodes)
+_COST_FITTED_LARGE = 0.45  # B > 32: this x the T factor (4001 nodes; measured 0.26..1.7 s, B = 48..256)
 
 
 def solve_seconds(T, batch_size, depth=1.0, width=0.1):
     """Estimated CPU seconds of one markov_cell(T, batch_size, depth, width) call on one core
     (numpy-broadcast over array arguments). An empirical model, within 2x of the timings it was
     fitted to except cells whose convergence needs an extra (8001-node) grid (~8x): the sparse
-    LU's fill grows with B, and T > 0.01 (erratic convergence) costs up to 2.5x at B < 16, as
+    LU's fill grows with B (and, in the fitted chain's W order, with the band: with T), and
+    T > 0.01 (erratic convergence, wide band) costs up to 2.5x at B < 16 and B > 32, as
     T factor = 1 + clip((T - 0.01) / 0.01, 0, 1.5). depth and width are not modelled."""
     T = np.asarray(T, dtype=float)
     B = np.asarray(batch_size, dtype=float)
     factor = 1.0 + np.clip((T - 0.01) / 0.01, 0.0, 1.5)
     linear = _COST_LINEAR[0] + _COST_LINEAR[1] * B * factor
-    fitted = np.where(B <= 32, _COST_FITTED_SMALL * B, _COST_FITTED_LARGE[0] + _COST_FITTED_LARGE[1] * B)
+    fitted = np.where(B <= 32, _COST_FITTED_SMALL * B, _COST_FITTED_LARGE * factor)
     out = np.where(B < _FIT_FROM_BATCH, linear, fitted) * np.ones(np.broadcast(depth, width).shape)
     return float(out) if out.ndim == 0 else out
