@@ -432,6 +432,13 @@ def format_contenders(result: dict) -> str:
 
 def main(args) -> int:
     if getattr(args, "sweep", False) and not getattr(args, "scaling", False):
+        import importlib.util
+
+        missing = [m for m in ("joblib", "psweep", "psutil") if importlib.util.find_spec(m) is None]
+        if missing:
+            from .errors import InputError
+
+            raise InputError(f"bench --sweep: the contenders need {', '.join(missing)}: pip install -e '.[bench]'")
         result = contenders_bench(big=getattr(args, "big", False))
         if getattr(args, "out", None):
             with open(args.out, "w") as f:

@@ -433,7 +433,7 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
         tasks = f" ({n_tasks} tasks: the dashboard's bar {TaskNames(spec, planner.chunks).prefix!r})" \
             if n_tasks is not None else ""
         print(f"escape-sweep: {spec.name}: {planner.total} chunks{tasks} to compute "
-              f"({summary.chunks_done_before} already done) on {client.scheduler.address}", file=sys.stderr)
+              f"({summary.chunks_done_before} already done) on {_where(client)}", file=sys.stderr)
         print(f"escape-sweep: dashboard {summary.dashboard}", file=sys.stderr, flush=True)
         if routed():
             print(f"escape-sweep: messages of Dask and its libraries go to {routed()}", file=sys.stderr, flush=True)
@@ -542,6 +542,14 @@ class TaskNames:
 
     def done(self, task) -> str:
         return f"{self.prefix}-{self.label(task)}"
+
+
+def _where(client) -> str:
+    """Where the tasks run: the scheduler's address, or the in-process threads of this run."""
+    addr = str(client.scheduler.address)
+    if addr.startswith("inproc://"):
+        return f"{sum(client.nthreads().values())} worker threads in this process"
+    return addr
 
 
 def _note_jobs(client, summary):
