@@ -221,18 +221,20 @@ def _rejections(f) -> str:
     """A sentence on how many T fits (both laws, >= 3 cells) their chi-square test rejects ("" if none)."""
     if f is None:
         return ""
-    p = []
-    for prefix in ("arrhenius", "linear"):
+    p, each = [], []
+    for prefix, law in (("arrhenius", "ln tau = a + b/T"), ("linear", "ln tau = a + b T")):
         k = f"{prefix}_gof_p"
         if k in f:
             v = f[k].values.ravel()
             p.append(v[np.isfinite(v)])
+            each.append(f"{law}: {int((p[-1] < _fits.REJECT_P).sum())} of {p[-1].size}")
     p = np.concatenate(p) if p else np.zeros(0)
     bad = int((p < _fits.REJECT_P).sum())
     if not bad:
         return ""
     most = "Most fits" if 2 * bad > p.size else "Some fits"
-    return (f"<p class=warn>{most} are rejected: {bad} of {p.size} tested fits have goodness-of-fit p &lt; "
+    return (f"<p class=warn>{most} are rejected: {bad} of {p.size} tested fits ({'; '.join(each)}) have "
+            f"goodness-of-fit p &lt; "
             f"{_fits.REJECT_P:g} (chi<sup>2</sup>/dof well above 1), so a straight line does not describe those cells "
             "within their errors: read them as summaries of the trend, not as laws.</p>")
 
