@@ -3,13 +3,14 @@
 import base64
 import html
 import html.parser
+import re
 
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
 from matplotlib.container import ErrorbarContainer
 
-from pipeline.analysis import fits, plots, presets, report
+from pipeline.analysis import fits, plots, presets, report, tables
 from pipeline.errors import SelectionError
 from pipeline.errors import InputError
 from helpers import run_cli
@@ -419,3 +420,44 @@ def test_validate_prints_lines_a_person_reads(tmp_path, capsys):
     assert "{" not in out and "'" not in out.split("spec 'v'")[1]  # no Python dict or repr
     assert "= 4 cells, 20,000 walkers each" in out
     assert "walker-steps" in out and ".0 " not in out and not [w for w in out.split() if w.endswith(".0")]
+
+
+def test_figures_and_report_say_which_fits_are_rejected_and_which_cells_are_left_out(cube, kinds):
+    """A curved ln tau with a start-up delay: the Arrhenius fit is rejected (the legend and the Fits
+    intro say so), the early-deficit cells are ringed on the figure and listed under their own
+    heading (they have a two-sided tau); Figure 1's caption names the budgets drawn; the exact
+    solver's figures say what their band is and are titled by the solver, not a budget."""
+    ds = synthetic_cube(np.linspace(0.01, 0.02, 6), steps=[100, 1000], walkers=2000, seed=3, delay=20,
+                        ln_tau=lambda T, B, d, w: -8 + 0.25 / T + 3e4 * (T - 0.015) ** 2)
+    f = fits.fit_cube(ds)
+    fi = f.sel(steps=1000).isel(batch_size=0, depth=0, width=0)
+    assert float(fi["arrhenius_gof_p"]) < fits.REJECT_P
+    ax = presets.preset_escape_time(ds).axes[0]
+    dashed = [ln.get_label() for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert dashed == [next(t for t in _legend_texts(ax) if t.startswith("fit steps=1000"))]
+    assert dashed[0].endswith(f"(rejected: chi\u00b2/dof {float(fi['arrhenius_chi2_dof']):.3g}, p < 0.01)")
+    early = f["cell_status"].isel(batch_size=0, depth=0, width=0) == fits.EARLY
+    assert int(early.sum()) > 0
+    rings = [ln for ln in ax.get_lines() if ln.get_label() == "left out of the fit: early deficit"]
+    assert len(rings) == 1 and rings[0].get_markerfacecolor() == "white"
+    np.testing.assert_allclose(np.sort(rings[0].get_xdata()), np.sort(ds["T"].values[early.any("steps").values]))
+    tested = int(np.isfinite(f["arrhenius_gof_p"]).sum() + np.isfinite(f["linear_gof_p"]).sum())
+    assert f"Most fits are rejected: {tested} of {tested} tested fits" in report._fit_intro(ds, f)
+    assert "Some fits are rejected: 6 of 12 tested fits (ln tau = a + b/T: 0 of 6; ln tau = a + b T: 6 of 6)" in \
+        report._fit_intro(cube, fits.fit_cube(cube))  # Arrhenius data: the Arrhenius fits pass, the linear ones not
+    sec = report._unbounded_section(f)
+    head = sec.index("Cells left out of the fits (tau bounded on both sides)")
+    assert sec.index("no escapes") < head < sec.index("early deficit (budget too short")
+    assert "1 slice without a fit (fewer than 2 cells" in tables.format_table(f)
+    assert re.search(r"fits with >= 2 cells \(table: --all\); \d+(\.\.\d+)? per step budget",
+                     tables.format_table(fits.fit_cube(cube)))
+    cap = report._figures(ds.sel(steps=[1000]), None)[0][1]
+    assert cap.startswith("Probability of escaping within 1000 steps (the cube's budget nearest")
+    assert presets.band_note(8e-4, 20.0) == "band: discretisation error, < 0.08% here (too thin to see)"
+    assert presets.band_note(0.2, 1.0) == "band: discretisation error, up to 20%"
+    mk = fits.load_cube(kinds["markov"])
+    title = presets.preset_markov(mk).axes[0].get_title()
+    rel = float(abs(mk["mfpt_rel_error"]).max())
+    assert f"{100 * rel:.2g}%" in title and "band: discretisation error" in title
+    title = report._exact_every_t(mk, None).axes[0].get_title()
+    assert "exact solver (mfpt)" in title and "steps" not in title

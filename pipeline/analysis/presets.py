@@ -77,10 +77,15 @@ def _pick(values, k):
     return values[np.unique(np.round(np.linspace(0, values.size - 1, k)).astype(int))]
 
 
+def p_escape_budgets(ds) -> list[int]:
+    """The step budgets preset p_escape draws: the cube's nearest to 100 and to 1000 (one if they coincide)."""
+    steps = ds["steps"].values
+    return sorted({int(steps[np.argmin(np.abs(steps - s))]) for s in (100, 1000)})
+
+
 def preset_p_escape(ds, sel=None, out=None):
     """P(escape within 100 and within 1000 steps) against T (the budgets nearest to 100 and 1000)."""
-    steps = ds["steps"].values
-    want = sorted({int(steps[np.argmin(np.abs(steps - s))]) for s in (100, 1000)})
+    want = p_escape_budgets(ds)
     sel = dict(sel or {})
     sel.setdefault("steps", want if len(want) > 1 else want[0])
     d = _default_sel(ds, sel)
@@ -128,9 +133,19 @@ def preset_escape_time(ds, sel=None, out=None):
             Tf = np.linspace(lo, hi, 100)
             what = "to the exact tau (mfpt)" if fit_exact else f"steps={int(s)}"
             ax.plot(Tf, (a + b / Tf) / LN10, ls="--", lw=0.9, color="k" if fit_exact and not exact else colors[i],
-                    label=f"fit {what}, {n} points: log10 tau = {a / LN10:.3g} + {b / LN10:.3g}/T")
+                    label=f"fit {what}, {n} points: log10 tau = {a / LN10:.3g} + {b / LN10:.3g}/T"
+                    + _rejected_note(fi, "arrhenius"))
     left = f["cell_status"].isel(batch_size=0, depth=0, width=0)
     early = int((left == _fits.EARLY).sum())
+    first = True
+    for i, s in enumerate(d["steps"].values):  # hollow rings round the cells the fit left out (early deficit)
+        out_i = (left.sel(steps=s) == _fits.EARLY).values
+        if not out_i.any():
+            continue
+        y = d["log10_escape_time"].sel(steps=s).isel(batch_size=0, depth=0, width=0).values
+        ax.plot(d["T"].values[out_i], y[out_i], ls="none", marker="o", ms=8, mfc="white", mec=colors[i], mew=1.2,
+                zorder=1, label="left out of the fit: early deficit" if first else None)
+        first = False
     if early:
         ax.text(0.01, 0.01, f"{early} cells left out of the fits: early deficit (budget too short for "
                 "exposure / escapes to be tau)", transform=ax.transAxes, fontsize=6.5, color="0.3")
@@ -138,6 +153,26 @@ def preset_escape_time(ds, sel=None, out=None):
     if out is not None:
         save(fig, out)
     return fig
+
+
+def _rejected_note(fi, prefix) -> str:
+    """", rejected: chi^2/dof X" for a fit whose goodness-of-fit p is below fits.REJECT_P ("" otherwise)."""
+    p, c = float(fi.get(f"{prefix}_gof_p", np.nan)), float(fi.get(f"{prefix}_chi2_dof", np.nan))
+    if not (np.isfinite(p) and p < _fits.REJECT_P):
+        return ""
+    return f" (rejected: chi\u00b2/dof {c:.3g}, p < {_fits.REJECT_P:g})"
+
+
+def band_note(rel_max: float, span: float) -> str:
+    """Title words for the discretisation band: its size, and that it is too thin to see when its full
+    width 2 log10(1 + rel) is under 1% of the y axis span `span` (log10 units)."""
+    if not np.isfinite(rel_max):
+        return "band: discretisation error"
+    width = 2 * math.log10(1 + rel_max)
+    pct = f"{100 * rel_max:.2g}%"
+    if span > 0 and width < 0.01 * span:
+        return f"band: discretisation error, < {pct} here (too thin to see)"
+    return f"band: discretisation error, up to {pct}"
 
 
 def preset_survival(ds, sel=None, out=None, n_curves: int = 5):
@@ -267,6 +302,7 @@ def preset_markov(ds, sel=None, out=None):
     colors = [f"C{k % 10}" for k in range(len(Bs))]
     budget = int(d["steps"].values[0])
     ratios = []
+    rel_max = -np.inf
     for j, B in enumerate(Bs):
         c = d.sel(batch_size=B).isel(depth=0, width=0, steps=0)
         tau = c["mfpt"].values.astype(float)
@@ -275,6 +311,8 @@ def preset_markov(ds, sel=None, out=None):
         blab = f", B = {int(B)}" if len(Bs) > 1 else ""
         ax.plot(T[ok], np.log10(tau[ok]), color=colors[j], lw=1.8, zorder=4, label=SOLVER_LABEL + blab)
         good = ok & np.isfinite(rel) & (rel < 1)
+        if good.any():
+            rel_max = max(rel_max, float(rel[good].max()))
         ax.fill_between(T[good], np.log10(tau[good] * (1 - rel[good])), np.log10(tau[good] * (1 + rel[good])),
                         color=colors[j], alpha=0.25, lw=0)
         if not mc:
@@ -317,7 +355,9 @@ def preset_markov(ds, sel=None, out=None):
         ax.set_title(f"Exact solver against Monte Carlo (steps = {budget}){cell}", fontsize=10)
     else:
         ax.set_xlabel("learning rate T")
-        ax.set_title(f"Exact mean escape time (solver; band: discretisation error){cell}", fontsize=10)
+        lo, hi = ax.get_ylim()
+        band = band_note(rel_max if rel_max >= 0 else np.nan, hi - lo)
+        ax.set_title(f"Exact mean escape time against learning rate T (solver)\n{band}{cell}", fontsize=10)
     if out is not None:
         save(fig, out)
     return fig

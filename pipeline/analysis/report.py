@@ -98,29 +98,30 @@ def _figures(ds: xr.Dataset, budget) -> list[tuple[str, str, str | None]]:
             out.append((title, f"not drawn: {e}", None))
 
     exact = presets.solver_only(ds)
+    got = presets.p_escape_budgets(ds)
+    within = "Probability of escaping within " + " and within ".join(str(b) for b in got) + " steps" + (
+        "" if got == [100, 1000] else " (the cube's budget" + ("s" if len(got) > 1 else "") + " nearest to 100 and "
+        "1000 steps)")
     if exact:
-        add("P(escape) against T", "Probability of escaping within 100 and within 1000 steps (the budgets nearest to "
-            "them) from the exact solver (no sampling, no intervals); B = 1, depth 1, width 0.1 where present.",
-            lambda: presets.preset_p_escape(ds))
+        add("P(escape) against T", within + " from the exact solver (no sampling, no intervals); B = 1, depth 1, "
+            "width 0.1 where present.", lambda: presets.preset_p_escape(ds))
         add("log10 escape time against T", "log10 of the exact mean escape time (mfpt; band: its discretisation "
             "error) on 0.01 <= T <= 0.02 (all T if fewer than two lie there); dashed: ln tau = a + b/T fitted to "
             "these cells, drawn over the T range it used.", lambda: presets.preset_escape_time(ds))
-        add("log10 escape time, every T", "The exact mean escape time over the whole T axis, one line per batch size.",
-            lambda: plots.plot_cube(ds, "T", "log10_escape_time",
-                                    hue="batch_size" if ds.sizes["batch_size"] > 1 else None,
-                                    sel={"steps": int(budget or ds["steps"].max()), **_seed_sel(ds, keep_b=True)}))
+        add("log10 escape time, every T", "The exact mean escape time (the solver's mfpt, the same at every step "
+            "budget) over the whole T axis, one line per batch size.", lambda: _exact_every_t(ds, budget))
         skipped("median escape time against T", "the exact solver gives the mean escape time, not the median "
                 "(median_escape_time is NaN in a method = markov cube)")
         skipped("Survival curves", "a method = markov cube samples no walkers, so it has no escape-step histogram; "
                 "the exact P(escape within each budget) is in the first figure")
     else:
-        add("P(escape) against T", "Probability of escaping within 100 and within 1000 steps (the budgets nearest "
-            "to them), Wilson 95% intervals; B = 1 (smallest batch), depth 1, width 0.1 where present.",
-            lambda: presets.preset_p_escape(ds))
+        add("P(escape) against T", within + ", Wilson 95% intervals; B = 1 (smallest batch), depth 1, width 0.1 "
+            "where present.", lambda: presets.preset_p_escape(ds))
         add("log10 escape time against T", "Censored exponential MLE of the mean escape time tau = exposure / "
             "n_escaped with exact chi-square 95% bounds on 0.01 <= T <= 0.02 (all T if fewer than two lie there); "
             "dashed: ln tau = a + b/T fitted to the cells the fits keep (the exact tau on a both-cube; early-deficit "
-            "cells left out), drawn over their T range.", lambda: presets.preset_escape_time(ds))
+            "cells left out: hollow rings), drawn over their T range; the legend says 'rejected' where a fit's "
+            "chi-square test rejects the line (p < 0.01).", lambda: presets.preset_escape_time(ds))
         add("log10 escape time, every T", "The whole T axis at the largest budget; triangles: cells where nothing "
             "escaped (one-sided 95% lower bound). exposure / escapes reads tau high where the budget is short "
             "against tau (early deficit: see the fits).", lambda: plots.plot_cube(
@@ -141,13 +142,24 @@ def _figures(ds: xr.Dataset, budget) -> list[tuple[str, str, str | None]]:
             lambda: presets.preset_batch(ds))
     if "mfpt" in ds and exact:
         add("Exact mean escape time", "log10 of the exact solver's mean escape time (band: its discretisation error "
-            "estimate), one line per batch size.", lambda: presets.preset_markov(ds))
+            "estimate; the title gives its size), one line per batch size.", lambda: presets.preset_markov(ds))
     elif "mfpt" in ds:
         add("Markov chain against Monte Carlo", "log10 of the exact solver's mean escape time (line; band: its "
             "discretisation error) and the Monte Carlo exposure / escapes (points, 95% bounds) at the largest "
             "budget; below, their ratio tau_MC / tau_exact with its interval (1: agreement; above 1 where the "
             "budget is short against tau: the early deficit).", lambda: presets.preset_markov(ds))
     return out
+
+
+def _exact_every_t(ds, budget):
+    """log10 of the exact tau against every T on a solver-only cube: titled by the solver, not by a
+    step budget (the exact tau does not depend on it)."""
+    sel = {"steps": int(budget or ds["steps"].max()), **_seed_sel(ds, keep_b=True)}
+    many = ds.sizes["batch_size"] > 1
+    cell = ", ".join(f"{k} = {_fmt(v)}" for k, v in sel.items() if k in ("depth", "width"))
+    return plots.plot_cube(ds, "T", "log10_escape_time", hue="batch_size" if many else None, sel=sel,
+                           label=None if many else presets.SOLVER_LABEL,
+                           title=f"log10 mean escape time against T: exact solver (mfpt)\n{cell}")
 
 
 def _seed_sel(ds, keep_b=False):
@@ -205,8 +217,31 @@ def _t_tables(f: xr.Dataset, suffix: str = "") -> list[str]:
             for prefix, title in (("arrhenius", "ln tau = a + b / T"), ("linear", "ln tau = a + b T"))]
 
 
-def _fit_intro(ds: xr.Dataset) -> str:
-    """What the fits were made of: the exact tau, or the Monte Carlo estimate (and which cells)."""
+def _rejections(f) -> str:
+    """A sentence on how many T fits (both laws, >= 3 cells) their chi-square test rejects ("" if none)."""
+    if f is None:
+        return ""
+    p, each = [], []
+    for prefix, law in (("arrhenius", "ln tau = a + b/T"), ("linear", "ln tau = a + b T")):
+        k = f"{prefix}_gof_p"
+        if k in f:
+            v = f[k].values.ravel()
+            p.append(v[np.isfinite(v)])
+            each.append(f"{law}: {int((p[-1] < _fits.REJECT_P).sum())} of {p[-1].size}")
+    p = np.concatenate(p) if p else np.zeros(0)
+    bad = int((p < _fits.REJECT_P).sum())
+    if not bad:
+        return ""
+    most = "Most fits" if 2 * bad > p.size else "Some fits"
+    return (f"<p class=warn>{most} are rejected: {bad} of {p.size} tested fits ({'; '.join(each)}) have "
+            f"goodness-of-fit p &lt; "
+            f"{_fits.REJECT_P:g} (chi<sup>2</sup>/dof well above 1), so a straight line does not describe those cells "
+            "within their errors: read them as summaries of the trend, not as laws.</p>")
+
+
+def _fit_intro(ds: xr.Dataset, f: xr.Dataset | None = None) -> str:
+    """What the fits were made of: the exact tau, or the Monte Carlo estimate (and which cells); on a
+    Monte Carlo or both cube, how many fits their goodness-of-fit test rejects (from `f`)."""
     tail = ("95% intervals from Student's t with n &minus; 2 dof. Stored by <code>escape-sweep fit</code> in the "
             "cube's <code>fits/</code> group.</p>")
     if presets.solver_only(ds):
@@ -217,7 +252,7 @@ def _fit_intro(ds: xr.Dataset) -> str:
     return ("<p>Weighted least squares of ln tau: " + exact + "the Monte Carlo exposure / n_escaped over cells whose "
             "tau is bounded on both sides (n_escaped &gt; 0), leaving out cells with an early deficit (a budget too "
             "short for exposure / escapes to be tau); weights 1/sigma<sup>2</sup> with sigma = (ln tau<sub>high</sub> "
-            "&minus; ln tau<sub>low</sub>)/(2&middot;1.96) from the exact chi-square bounds; " + tail)
+            "&minus; ln tau<sub>low</sub>)/(2&middot;1.96) from the exact chi-square bounds; " + tail + _rejections(f))
 
 
 def _window_section(ds: xr.Dataset, budget) -> str:
@@ -289,13 +324,27 @@ def _memoryless_section(f: xr.Dataset, ds: xr.Dataset) -> str:
     return "\n".join(parts)
 
 
+TWO_SIDED = (_fits.NON_EXPONENTIAL, _fits.OUTSIDE_T, _fits.EARLY)  # left out although tau is bounded both sides
+
+
 def _unbounded_section(f: xr.Dataset) -> str:
+    """Cells without a two-sided tau, then (under their own heading) cells left out of the fits for
+    another reason although their tau is two-sided (early deficit, not memoryless, outside the T range)."""
     rows = tables.unbounded_cells(f)
-    if not rows:
-        return "<p>Every cell has a two-sided escape time.</p>"
-    lines = tables.compact_unbounded(rows)
-    return (f"<p>{len(rows)} cells have no two-sided estimate of tau and are left out of every fit:</p>"
-            "<ul class=cells>" + "".join(f"<li>{_e(s)}</li>" for s in lines) + "</ul>")
+    kept = {_fits.STATUS[k] for k in TWO_SIDED}
+    none = [r for r in rows if r["reason"] not in kept]
+    other = [r for r in rows if r["reason"] in kept]
+    cells = lambda n: f"{n} cell" + ("" if n == 1 else "s")  # noqa: E731
+    lst = lambda rs: "<ul class=cells>" + "".join(f"<li>{_e(s)}</li>" for s in tables.compact_unbounded(rs)) + "</ul>"  # noqa: E731
+    parts = [f"<p>{cells(len(none))} {'has' if len(none) == 1 else 'have'} no two-sided estimate of tau and "
+             f"{'is' if len(none) == 1 else 'are'} left out of every fit:</p>" + lst(none) if none
+             else "<p>Every cell has a two-sided escape time.</p>"]
+    if other:
+        parts.append("<h3 id=leftout>Cells left out of the fits (tau bounded on both sides)</h3>"
+                     f"<p>{cells(len(other))} with a two-sided estimate of tau that the fits leave out, with the "
+                     "reason (early deficit: the budget is too short for exposure / escapes to be tau, which reads "
+                     "high there):</p>" + lst(other))
+    return "\n".join(parts)
 
 
 THEORY_TITLE = "Which theory predicts the escape time?"
@@ -358,20 +407,20 @@ def render_report(ds: xr.Dataset, source=None, budget=None) -> tuple[str, list[s
 <h1>escape-sweep report: {_e(name)}</h1>
 <p class=sub>{_e(source or '')} &middot; spec hash {_e(ds.attrs.get('spec_hash', '?'))} &middot; report made {now}</p>
 <nav><a href="#axes">Axes</a><a href="#figures">Figures</a><a href="#fits">Fits</a><a href="#theory">Theory</a><a href="#memory">Memorylessness</a>
-<a href="#unbounded">Unbounded cells</a><a href="#prov">Provenance</a><a href="#spec">Spec</a></nav>
+<a href="#unbounded">Cells left out</a><a href="#prov">Provenance</a><a href="#spec">Spec</a></nav>
 <h2 id=axes>Axes</h2>
 {_axes(ds)}
 <h2 id=figures>Figures</h2>
 {''.join(fig_html)}
 <h2 id=fits>Fits</h2>
-{_fit_intro(ds)}
+{_fit_intro(ds, f)}
 {_fit_section(f)}
 {_window_section(ds, budget)}
 <h2 id=theory>{_e(THEORY_TITLE)}</h2>
 {theory_html}
 <h2 id=memory>Memorylessness</h2>
 {_memoryless_section(f, ds)}
-<h2 id=unbounded>Cells without a bounded escape time</h2>
+<h2 id=unbounded>Cells left out of the fits</h2>
 {_unbounded_section(f)}
 <h2 id=prov>Provenance</h2>
 {_provenance(ds, source)}

@@ -177,7 +177,7 @@ def _batch_summary(fits: xr.Dataset) -> list[str]:
     for (st, d, w), rs in groups.items():
         rs.sort(key=lambda r: r["T"])
         rej = sum(1 for r in rs if r.get("gof_p") is not None and r["gof_p"] < REJECT_P)
-        out.append(f"  steps={st} depth={_num(d)} width={_num(w)}: {len(rs)} fits, T = {_num(rs[0]['T'])}..{_num(rs[-1]['T'])}; "
+        out.append(f"  steps={st} depth={_num(d)} width={_num(w)}: {len(rs)} fit{'' if len(rs) == 1 else 's'}, T = {_num(rs[0]['T'])}..{_num(rs[-1]['T'])}; "
                    f"slope b {_num(rs[0]['slope'])} (T = {_num(rs[0]['T'])}) .. {_num(rs[-1]['slope'])} "
                    f"(T = {_num(rs[-1]['T'])}); {rej} rejected (p < {REJECT_P})")
     return out
@@ -215,15 +215,24 @@ def format_table(fits: xr.Dataset, full: bool = False) -> str:
         parts += ["", f"{title}  (per step budget, batch size, depth, width; p: goodness of fit, "
                       f"'rejected' below {REJECT_P})", _table(header, shown) if shown else "  no slice has 2 cells to fit"]
         if empty and not full:
-            parts.append(f"  {len(empty)} slices without a fit (fewer than 2 cells; --all lists them)")
+            parts.append(f"  {len(empty)} slice{'' if len(empty) == 1 else 's'} without a fit (fewer than 2 cells; "
+                         "--all lists them)")
     header, body = fit_table(fits, "batch")
     if body and full:
         parts += ["", "ln tau = a + b B  at fixed T", _table(header, body)]
     elif body:
         summ_lines = _batch_summary(fits)
-        if exact:
+        n_fits = len(body)
+        if exact:  # the same fits at every budget: count and show the largest budget's
             summ_lines = [ln for ln in summ_lines if ln.startswith(f"  steps={top} ")]
-        parts += ["", f"ln tau = a + b B  at fixed T: {len(body)} fits with >= 2 cells (table: --all)"] + summ_lines
+            n_fits = sum(1 for r in body if r[0] == top)
+        groups = [int(ln.split(": ", 1)[1].split(" fit", 1)[0]) for ln in summ_lines]
+        per = ""
+        if len(groups) > 1:
+            what = "step budget" if fits.sizes["depth"] * fits.sizes["width"] == 1 else "(step budget, depth, width)"
+            per = f"; {groups[0]} per {what}" if len(set(groups)) == 1 else f"; {min(groups)}..{max(groups)} per {what}"
+        parts += ["", f"ln tau = a + b B  at fixed T: {n_fits} fit{'' if n_fits == 1 else 's'} with >= 2 cells "
+                  f"(table: --all){per}"] + summ_lines
     else:
         parts += ["", "ln tau against B: the cube has one batch size" if fits.sizes.get("batch_size", 1) < 2
                   else "ln tau against B: no T has 2 batch sizes with a bounded tau"]
