@@ -85,6 +85,7 @@ class Run:
         self.tmp_path, self.logdir = tmp_path, tmp_path / "joblogs"
         self.out_path, self.err_path = tmp_path / f"{tag}.out", tmp_path / f"{tag}.err"
         env = os.environ | {"PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT), "ESCAPE_SWEEP_PROGRESS_SECONDS": "0.1",
+                            "ESCAPE_SWEEP_FLUSH_SECONDS": "0",  # each result written at once: kill tests count them
                             # forget a vanished worker after 1 s (default 15 s), so its job is replaced soon
                             "DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": "1s"}
         argv = [sys.executable, "-m", "pipeline", "run", str(spec), "--cluster", "slurm", "--jobs", str(jobs),

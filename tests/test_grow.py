@@ -96,7 +96,7 @@ def test_killed_grow_resumes_without_counting_a_block_twice(tmp_path, cluster2):
     f = write_spec(tmp_path, name="b", path=str(store), **big)
     p = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(f), "--workers", "1", "--task-seconds", "0.2",
                           "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                         env=os.environ | {"PYTHONWARNINGS": "ignore"})
+                         env=os.environ | {"PYTHONWARNINGS": "ignore", "ESCAPE_SWEEP_FLUSH_SECONDS": "0"})
     built = kill_when_building(p, tmp_path, chunks=2)
     done, total = Store(built).chunk_count()
     assert 0 < done < total

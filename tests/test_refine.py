@@ -102,7 +102,7 @@ def test_killed_refine_resumes_to_the_same_cube(tmp_path, cluster2):
             "-q"]
     p = subprocess.Popen([sys.executable, "-m", "pipeline", "refine", s.path, "--workers", "1", *argv],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                         env=os.environ | {"PYTHONWARNINGS": "ignore"})
+                         env=os.environ | {"PYTHONWARNINGS": "ignore", "ESCAPE_SWEEP_FLUSH_SECONDS": "0"})
     kill_when_building(p, tmp_path, chunks=1)
     assert main(["refine", s.path, "--scheduler", cluster2, *argv]) == 0
     assert main(["refine", str(copy), "--scheduler", cluster2, *argv]) == 0
