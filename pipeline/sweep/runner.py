@@ -416,8 +416,8 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
              submit_kw: dict | None = None, prepare=None) -> None:
     """Submit the sweep ahead (bounded); write each chunk the planner says is finished.
 
-    `prepare` (creating the store) runs once the first tasks are submitted, so the workers compute
-    while the client builds the store; nothing is written to it before."""
+    `prepare` (creating the store) runs once the first batch of tasks is submitted, so the workers
+    compute while the client builds the store; nothing is written to it before."""
     from distributed import as_completed
 
     edges = partition.spec_edges(spec)
@@ -474,10 +474,10 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
         done_work += work.get(tuple(chunk.index), 0.0)
 
     submit(window)
+    top_up()  # the scheduler, and so the dashboard's bar, knows the sweep before anything else happens
     if prepare is not None:
         prepare()
     writer = st.writer(edges, spec.method)  # buffers chunks per storage block; closed (flushed) below
-    top_up()
     for chunk in pop_ready():
         write(chunk)
     try:
