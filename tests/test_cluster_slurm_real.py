@@ -7,6 +7,7 @@ The scheduler listens on 127.0.0.2 (loopback, but not the dashboard's 127.0.0.1:
 dashboard link must be where the dashboard really listens), workers on 127.0.0.1.
 """
 
+import math
 import os
 import re
 import signal
@@ -192,17 +193,37 @@ def test_sweep_through_real_slurm_equals_local_run(tmp_path, slurm_queue, refere
     assert_cubes_equal(tmp_path / "s.zarr", reference)
 
 
+def _worker_start_seconds() -> float:
+    """Wall seconds a fresh process takes to import what a worker imports and run a first tiny cell
+    (the kernel loaded from numba's cache): what a retiring worker's lifetime must leave room for."""
+    code = ("import distributed\nfrom pipeline.model.simulate import simulate\n"
+            "simulate(0.01, 100, 1, 1.0, 0.1, 64, 7)")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, env=os.environ | {"PYTHONPATH": str(ROOT)},
+                   capture_output=True)
+    return time.perf_counter() - t0
+
+
 def test_workers_retire_and_jobs_are_replaced_mid_sweep(tmp_path, slurm_queue, local_cube):
-    """Worker --lifetime about a third of the sweep's computing time: every worker retires long before
+    """Worker --lifetime a third to a half of the sweep's computing time: every worker retires before
     the sweep is done and dask-jobqueue submits fresh jobs through sbatch; the cube does not change.
 
-    A task still running when its worker retires is cancelled and rerun elsewhere, so the lifetime must
-    leave room for a worker's start (imports, kernel load) and some tasks, however loaded the machine:
-    it is taken from the local run's computing time (a parameter, not an assertion), at least 3 s;
-    tasks of ~0.25 s and twice the walkers keep the sweep several lifetimes long on a fast machine too."""
+    A task still running when its worker retires is cancelled and rerun elsewhere (Dask counts that as a
+    worker dying: after 3 such deaths the task fails), so the lifetime must leave room for a worker's
+    start (imports, kernel load) and some tasks, however loaded the machine: it is at least 3 s, 4x a
+    worker's start measured now and a third of the local run's computing time (parameters, not
+    assertions); tasks of ~0.25 s, and walkers scaled to 2 lifetimes or more, keep the sweep several
+    lifetimes long on a fast machine too."""
+    # a worker's shortest life (lifetime - stagger = 3/4 lifetime) holds 3 starts on this machine now
+    lifetime = max(3.0, 4 * _worker_start_seconds())
     kw = dict(SPEC_KW, walkers=2 * SPEC_KW["walkers"])
     ref = local_cube(**kw)
-    lifetime = min(max(3.0, ref.compute_seconds / 3), 30.0)
+    # ... and the sweep lasts 2 lifetimes or more (more walkers where the machine is fast)
+    more = min(math.ceil(2 * lifetime / ref.compute_seconds), 6)
+    if more > 1:
+        kw = dict(SPEC_KW, walkers=2 * more * SPEC_KW["walkers"])
+        ref = local_cube(**kw)
+    lifetime = min(max(lifetime, ref.compute_seconds / 3), 30.0)
     spec = write_spec(tmp_path, name="s", **kw)
     jq = jobqueue_yaml(tmp_path, lifetime=(f"{lifetime:.0f}s", f"{lifetime / 4:.0f}s"))
     run = Run(tmp_path, spec, jq, quiet=True, task_seconds="0.25")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -85,6 +86,35 @@ def test_paused_run_keeps_its_lock_and_finishes_the_same_cube(tmp_path, procs):
     ref = _cli("run", write_spec(tmp_path, name="ref", **SLOW), "--workers", "1", "-q")
     assert ref.returncode == 0, ref.stderr
     assert_cubes_equal(store, tmp_path / "ref.zarr")
+
+
+@pytest.mark.slow
+def test_a_kill_between_results_loses_at_most_one_flush_interval(tmp_path, procs):
+    """Results are flushed while the client waits for the next one, not only when one arrives: two
+    chunks finish together (two worker threads) and the next two take seconds; SIGKILL the client
+    1.5 s after the second arrived (flush interval 0.5 s): both are recorded on disk, undamaged."""
+    spec = write_spec(tmp_path, walkers=400_000, T="{start = 0.004, stop = 0.006, num = 8}", steps="[1000]",
+                      batch_size="[1]")
+    # a progress line on every result (so the test sees each one as it arrives), chunks of ~3 s
+    env = ENV | {"ESCAPE_SWEEP_FLUSH_SECONDS": "0.5", "ESCAPE_SWEEP_PROGRESS_SECONDS": "1e-6",
+                 "ESCAPE_SWEEP_LOCAL": "threads"}
+    p = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(spec), "--workers", "2", "--task-seconds", "4"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    procs.append(p)
+    seen, lines = 0, []
+    deadline = time.time() + 120
+    while seen < 2 and time.time() < deadline:
+        line = p.stderr.readline()
+        assert line, "".join(lines)
+        lines.append(line)
+        m = re.search(r"progress (\d+)/(\d+) chunks", line)
+        seen = int(m.group(1)) if m else seen
+    time.sleep(1.5)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=30)
+    store = tmp_path / "t.zarr"
+    assert cubemod.chunk_count(store)[0] >= seen >= 2, "".join(lines)
+    assert cubemod.Store(store).verify()["damaged"] == []
 
 
 def test_run_that_lost_its_lock_stops_without_writing(tmp_path, procs):

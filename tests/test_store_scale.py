@@ -196,3 +196,18 @@ def test_a_damaged_block_is_found_and_recomputed(grid, reference, tmp_path):
     _write(st, spec, [c for c in chunks if tuple(c.index) in set(bad)])
     _assert_bit_identical(path, reference)
     assert st.verify()["damaged"] == []
+
+
+def test_a_result_waiting_in_the_buffer_reaches_the_disk_without_another_result(grid, tmp_path):
+    """flush_due, as the runner calls it while no result is ready: once flush_seconds have passed,
+    a buffered chunk of an unfinished block is on disk and recorded, with no further `add`."""
+    spec, chunks = grid
+    st = _make(spec, tmp_path / "w.zarr", block=(1, 1, 2, 10))
+    w = st.writer(partition.spec_edges(spec), spec.method, flush_seconds=0.3)
+    w.add(chunks[0].index, chunks[0].slices, chunks[0].counts, chunks[0].walkers, backends=chunks[0].backends)
+    w.flush_due()
+    assert st.chunk_count()[0] == 0  # buffered: its block has 19 chunks to come, and 0.3 s have not passed
+    time.sleep(0.35)
+    w.flush_due()
+    assert st.chunk_count()[0] == 1 and st.verify()["damaged"] == []
+    w.close()

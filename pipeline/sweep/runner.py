@@ -480,8 +480,13 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
     writer = st.writer(edges, spec.method)  # buffers chunks per storage block; closed (flushed) below
     for chunk in pop_ready():
         write(chunk)
+
+    def idle() -> None:  # no result ready: buffered results still reach the disk, progress lines still come
+        writer.flush_due()
+        progress.update(summary.chunks_computed, summary.walker_steps, done_work)
+
     try:
-        for fut in ac:
+        for fut in _as_ready(ac, idle):
             res = fut.result()
             fut.release()
             ahead[0] -= 1
@@ -502,6 +507,17 @@ def _compute(client, spec: Spec, st: store.Store, planner, opts: RunOptions, sum
         writer.close()  # what is buffered is written and recorded, on an interrupt too
         _note_jobs(client, summary)
         progress.close()
+
+
+def _as_ready(ac, idle, poll: float = 0.02):
+    """The futures of `ac` (a distributed.as_completed) as they finish; `idle()` runs every `poll`
+    seconds while none is ready (as_completed itself blocks without a timeout)."""
+    while not ac.is_empty():
+        while not ac.has_ready() and not ac.is_empty():
+            idle()
+            time.sleep(poll)
+        if ac.has_ready():
+            yield next(ac)
 
 
 LOOKAHEAD_TASKS = 20_000  # tasks the scheduler holds ahead (the dashboard shows the whole sweep up to this)

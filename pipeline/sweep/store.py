@@ -445,8 +445,8 @@ class ChunkWriter:
 
     A block is written -- every variable's storage chunk (one object each), then its record chunk,
     `done` last -- as soon as all its task chunks are in, and all changed blocks every
-    `flush_seconds` (checked on each result) and at `close()`; beyond `max_bytes` of buffered blocks
-    the least recently used is written and dropped. Only chunks whose data is written are ever
+    `flush_seconds` (checked on each result and while the runner waits for one) and at `close()`;
+    beyond `max_bytes` of buffered blocks the least recently used is written and dropped. Only chunks whose data is written are ever
     recorded done, so a killed client loses at most the results since the last flush. Array
     handles are opened once. A block holding chunks done before is first read back from the store."""
 
@@ -504,10 +504,15 @@ class ChunkWriter:
         blk.missing.discard(index)
         if not blk.missing:
             self._drop(bidx)
-        if time.monotonic() - self.last_flush >= self.flush_seconds:
-            self.flush()
+        self.flush_due()
         while self.open_bytes > self.max_bytes and len(self.open) > 1:
             self._drop(next(iter(self.open)))
+
+    def flush_due(self) -> None:
+        """Flush if `flush_seconds` have passed since the last flush (on each result, and while
+        the runner waits for one, so a long task does not hold earlier results unwritten)."""
+        if time.monotonic() - self.last_flush >= self.flush_seconds:
+            self.flush()
 
     def flush(self) -> None:
         """Write every block with unwritten results (keeping the incomplete ones in memory)."""
