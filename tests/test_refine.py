@@ -107,3 +107,19 @@ def test_killed_refine_resumes_to_the_same_cube(tmp_path, cluster2):
     assert main(["refine", s.path, "--scheduler", cluster2, *argv]) == 0
     assert main(["refine", str(copy), "--scheduler", cluster2, *argv]) == 0
     assert_cubes_equal(s.path, copy)
+
+
+def test_cells_without_escapes_are_counted_not_reported_as_inf(tmp_path, cluster2, capsys):
+    """A cell whose walkers never escape (T = 0.003: ln tau ~ 60) has no bounded interval: the
+    round's line and --json give the worst finite ratio and count such cells, never inf (which is
+    not JSON)."""
+    s = run_sweep(str(write_spec(tmp_path, name="cold", **dict(CUBE, walkers=128, T="[0.003, 0.02]"))),
+                  run_opts(cluster2, task_seconds=0.01))
+    capsys.readouterr()
+    assert main(["refine", s.path, "--target", "log10_escape_time=0.05", "--rounds", "1", "--max-walkers", "256",
+                 "--scheduler", cluster2, "--task-seconds", "0.01", "--json"]) == 0
+    cap = capsys.readouterr()
+    rounds = json.loads(cap.out, parse_constant=lambda c: pytest.fail(f"{c} in --json output"))
+    assert rounds[0]["cells_unbounded"] == 1
+    assert rounds[0]["worst_ratio"] is None or np.isfinite(rounds[0]["worst_ratio"])
+    assert "(1 cell without escapes: no bounded interval yet)" in cap.err and "inf" not in cap.err

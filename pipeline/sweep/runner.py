@@ -332,7 +332,8 @@ def refine_store(where, ropts, opts: RunOptions | None = None) -> list[dict]:
             new, target, summ = refine.next_round(ds, spec, ropts, spent)
             if new is None:
                 reports.append(dict(round=r, stopped=summ["stop"], worst_ratio=summ["worst"],
-                                    cells_above_target=summ["unmet"], walker_steps=0, cells_refined=0))
+                                    cells_unbounded=summ["unbounded"], cells_above_target=summ["unmet"],
+                                    walker_steps=0, cells_refined=0))
                 break
             line = (f"round {r}: {summ['cells_refined']} cells refined, +{summ['walkers_added']} walkers"
                     f"{', T += ' + ', '.join(f'{t:g}' for t in summ['T_added']) if summ['T_added'] else ''}")
@@ -344,15 +345,18 @@ def refine_store(where, ropts, opts: RunOptions | None = None) -> list[dict]:
             after, _ = refine.half_widths(st.open_dataset().load(), ropts)
             ok = refine.eligible(st.open_dataset(), ropts)
             left = after[ok & np.isfinite(after)] if ok.any() else np.array([])
-            worst = float(np.nanmax(after[ok])) if ok.any() else float("nan")
+            worst = refine.worst_left(after, ok)
             report = dict(round=r, cells_refined=summ["cells_refined"], walkers_added=summ["walkers_added"],
-                          T_added=summ["T_added"], walker_steps=int(s.walker_steps), worst_ratio=worst,
-                          cells_above_target=int((after[ok] > 1).sum()), capped=summ["capped"],
-                          cells=int(spec.n_cells), finite_cells=int(left.size))
+                          T_added=summ["T_added"], walker_steps=int(s.walker_steps), worst_ratio=worst["worst"],
+                          cells_unbounded=worst["unbounded"], cells_above_target=int((after[ok] > 1).sum()),
+                          capped=summ["capped"], cells=int(spec.n_cells), finite_cells=int(left.size))
             reports.append(report)
             if opts.progress:
+                w = "none bounded yet" if worst["worst"] is None else f"{worst['worst']:.3g}"
+                k = worst["unbounded"]
+                none = f" ({k} cell{'s' * (k != 1)} without escapes: no bounded interval yet)" if k else ""
                 print(f"escape-sweep: {line}; {s.walker_steps:.3g} walker-steps; worst half-width / target left "
-                      f"{worst:.3g}; {report['cells_above_target']} cells above target", file=sys.stderr)
+                      f"{w}{none}; {report['cells_above_target']} cells above target", file=sys.stderr)
             if spent >= ropts.max_walker_steps:
                 break
     return reports
