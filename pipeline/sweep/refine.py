@@ -136,18 +136,18 @@ def walker_targets(ds, opts: RefineOptions, spent: float) -> tuple[np.ndarray, d
         used += cost[idx]
     summary = dict(budget=budget, cells_refined=int((target > n).sum()), walkers_added=int((target - n).sum()),
                    expected_walker_steps=float(used), capped=capped,
-                   **worst_left(ratio, ok),
+                   **{k: v for k, v in worst_left(ratio, ok).items() if k != "bounded"},
                    unmet=int((ok & (ratio > 1)).sum()), at_max_walkers=int((need & (n >= opts.max_walkers)).sum()))
     return target, summary
 
 
 def worst_left(ratio: np.ndarray, ok: np.ndarray) -> dict:
-    """The largest finite half-width / target over the eligible cells (None if none is finite) and
-    how many eligible cells have no bounded interval yet (no escapes: ratio inf), so reports and
-    --json never print inf."""
+    """The largest finite half-width / target over the eligible cells (None if none is finite), how
+    many eligible cells have a bounded interval, and how many have none yet (no escapes: ratio
+    inf), so reports and --json never print inf."""
     bounded = ok & np.isfinite(ratio)
     return dict(worst=float(ratio[bounded].max()) if bounded.any() else None,
-                unbounded=int((ok & np.isinf(ratio)).sum()))
+                bounded=int(bounded.sum()), unbounded=int((ok & np.isinf(ratio)).sum()))
 
 
 def new_T_values(ds, opts: RefineOptions, spec: Spec, budget: int) -> list[float]:

@@ -344,12 +344,11 @@ def refine_store(where, ropts, opts: RunOptions | None = None) -> list[dict]:
             spec = new
             after, _ = refine.half_widths(st.open_dataset().load(), ropts)
             ok = refine.eligible(st.open_dataset(), ropts)
-            left = after[ok & np.isfinite(after)] if ok.any() else np.array([])
             worst = refine.worst_left(after, ok)
             report = dict(round=r, cells_refined=summ["cells_refined"], walkers_added=summ["walkers_added"],
                           T_added=summ["T_added"], walker_steps=int(s.walker_steps), worst_ratio=worst["worst"],
                           cells_unbounded=worst["unbounded"], cells_above_target=int((after[ok] > 1).sum()),
-                          capped=summ["capped"], cells=int(spec.n_cells), finite_cells=int(left.size))
+                          capped=summ["capped"], cells=int(spec.n_cells), finite_cells=worst["bounded"])
             reports.append(report)
             if opts.progress:
                 w = "none bounded yet" if worst["worst"] is None else f"{worst['worst']:.3g}"

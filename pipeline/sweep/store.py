@@ -446,9 +446,10 @@ class ChunkWriter:
     A block is written -- every variable's storage chunk (one object each), then its record chunk,
     `done` last -- as soon as all its task chunks are in, and all changed blocks every
     `flush_seconds` (checked on each result and while the runner waits for one) and at `close()`;
-    beyond `max_bytes` of buffered blocks the least recently used is written and dropped. Only chunks whose data is written are ever
-    recorded done, so a killed client loses at most the results since the last flush. Array
-    handles are opened once. A block holding chunks done before is first read back from the store."""
+    beyond `max_bytes` of buffered blocks the least recently used is written and dropped. Only
+    chunks whose data is written are ever recorded done, so a killed client loses at most the
+    results since the last flush. Array handles are opened once. A block holding chunks done
+    before is first read back from the store."""
 
     def __init__(self, st: "Store", edges, method: str, flush_seconds: float | None = None,
                  max_bytes: int = MAX_OPEN_BYTES):
