@@ -159,6 +159,7 @@ def test_interrupted_run_resumes_to_the_same_cube(tmp_path, cluster2, sig):
     assert 0 < done < total
     r = subprocess.run([sys.executable, "-m", "pipeline", "status", str(store)], capture_output=True, text=True)
     assert r.returncode == 0 and f"{done}/{total} done" in r.stdout and "incomplete" in r.stdout
+    assert f"computed by: cpu {done} chunks\n" in r.stdout, r.stdout  # chunks not computed are not counted
     s = run_sweep(str(f), run_opts(cluster2))
     assert s.complete and s.chunks_done_before == done and s.tasks_submitted == total - done
     ref = run_sweep(str(write_spec(tmp_path, name="ref", **kw)), run_opts(cluster2))

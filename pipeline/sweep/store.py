@@ -304,13 +304,15 @@ class Store:
         g[f"{PROGRESS}/done"][index] = 1
 
     def backend_counts(self) -> dict[str, int]:
-        """Chunks computed by each backend name ({} for a store without the record)."""
+        """Chunks computed (done) by each backend name ({} for a store without the record); chunks
+        not computed yet are not counted."""
         prog = self.group("r")[PROGRESS]
         if "backend" not in prog:
             return {}
         arr = prog["backend"]
         codes = list(arr.attrs.get("codes", BACKEND_CODES))
-        values, counts = np.unique(np.asarray(arr[...]), return_counts=True)
+        done = np.asarray(prog["done"][...]) == 1
+        values, counts = np.unique(np.asarray(arr[...])[done], return_counts=True)
         return {(codes[v] if v < len(codes) else str(v)) or "unrecorded": int(c) for v, c in zip(values, counts)}
 
     def writer(self, edges, method: str, **kw) -> "ChunkWriter":
