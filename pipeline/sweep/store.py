@@ -311,8 +311,8 @@ class Store:
             return {}
         arr = prog["backend"]
         codes = list(arr.attrs.get("codes", BACKEND_CODES))
-        done = np.asarray(prog["done"][...]) == 1
-        values, counts = np.unique(np.asarray(arr[...])[done], return_counts=True)
+        done = _read_record(prog["done"], 255) == 1  # a damaged record file counts as not done
+        values, counts = np.unique(_read_record(arr, 0)[done], return_counts=True)
         return {(codes[v] if v < len(codes) else str(v)) or "unrecorded": int(c) for v, c in zip(values, counts)}
 
     def writer(self, edges, method: str, **kw) -> "ChunkWriter":
