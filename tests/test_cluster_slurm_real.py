@@ -82,13 +82,13 @@ def jobqueue_yaml(tmp_path, lifetime=None):
 class Run:
     """`escape-sweep run SPEC --cluster slurm --jobs N` as a child process (own session), output to files."""
 
-    def __init__(self, tmp_path, spec, jq, tag="run", jobs=2, quiet=False, task_seconds=TASK_SECONDS):
+    def __init__(self, tmp_path, spec, jq, tag="run", jobs=2, quiet=False, task_seconds=TASK_SECONDS, env=None):
         self.tmp_path, self.logdir = tmp_path, tmp_path / "joblogs"
         self.out_path, self.err_path = tmp_path / f"{tag}.out", tmp_path / f"{tag}.err"
         env = os.environ | {"PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT), "ESCAPE_SWEEP_PROGRESS_SECONDS": "0.1",
                             "ESCAPE_SWEEP_FLUSH_SECONDS": "0",  # each result written at once: kill tests count them
                             # forget a vanished worker after 1 s (default 15 s), so its job is replaced soon
-                            "DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": "1s"}
+                            "DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": "1s"} | (env or {})
         argv = [sys.executable, "-m", "pipeline", "run", str(spec), "--cluster", "slurm", "--jobs", str(jobs),
                 "--jobqueue-config", str(jq), "--task-seconds", str(task_seconds)] + (["-q"] if quiet else [])
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
@@ -226,7 +226,11 @@ def test_workers_retire_and_jobs_are_replaced_mid_sweep(tmp_path, slurm_queue, l
     lifetime = min(max(lifetime, ref.compute_seconds / 3), 30.0)
     spec = write_spec(tmp_path, name="s", **kw)
     jq = jobqueue_yaml(tmp_path, lifetime=(f"{lifetime:.0f}s", f"{lifetime / 4:.0f}s"))
-    run = Run(tmp_path, spec, jq, quiet=True, task_seconds="0.25")
+    # Dask counts a task cancelled by a worker's lifetime retirement as a worker death (3 allowed,
+    # then KilledWorker); with a dozen retirements of 5-s workers one task was hit 4 times in CI, so
+    # the scheduler here allows more (a config of Dask's, for lifetimes this short)
+    run = Run(tmp_path, spec, jq, quiet=True, task_seconds="0.25",
+              env={"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "20"})
     try:
         assert run.wait() == 0, run.text()
     finally:
